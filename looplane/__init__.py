@@ -1,0 +1,84 @@
+"""Looplane: an async-first, local-first task queue.
+
+Register functions with `register_task`, send calls of them with a producer, and run them
+with an `Orchestrator`. Tasks wait in embedded LMDB by default, so no server is needed.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from looplane._clock import Clock, FakeClock
+from looplane.broker import (
+    Consumer,
+    JSONSerializer,
+    Producer,
+    Serializer,
+    StorageConsumer,
+    StorageProducer,
+)
+from looplane.errors import (
+    BrokerError,
+    Cancel,
+    ConfigError,
+    LeaseLost,
+    LooplaneDeprecationWarning,
+    LooplaneError,
+    LooplaneWarning,
+    RetriesExhausted,
+    Retry,
+    SerializationError,
+    StorageError,
+    StorageUnavailable,
+    TaskError,
+    TaskNotFound,
+    TaskTimeout,
+)
+from looplane.orchestrator import Orchestrator
+from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
+from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
+from looplane.task import Backoff, BackoffKind, Task, TaskContext, current_task, register_task
+
+try:
+    __version__ = version("looplane")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Backoff",
+    "BackoffKind",
+    "BrokerError",
+    "Cancel",
+    "Clock",
+    "ConfigError",
+    "Consumer",
+    "FakeClock",
+    "InMemoryResultBackend",
+    "InMemoryStorage",
+    "JSONSerializer",
+    "LMDBResultBackend",
+    "LMDBStorage",
+    "LeaseLost",
+    "LooplaneDeprecationWarning",
+    "LooplaneError",
+    "LooplaneWarning",
+    "Orchestrator",
+    "Producer",
+    "ResultBackend",
+    "RetriesExhausted",
+    "Retry",
+    "SerializationError",
+    "Serializer",
+    "StorageBackend",
+    "StorageConsumer",
+    "StorageError",
+    "StorageProducer",
+    "StorageUnavailable",
+    "Task",
+    "TaskContext",
+    "TaskError",
+    "TaskNotFound",
+    "TaskResult",
+    "TaskTimeout",
+    "__version__",
+    "current_task",
+    "register_task",
+]

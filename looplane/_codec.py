@@ -1,0 +1,177 @@
+"""JSON with a few more types, for task arguments, return values and results.
+
+Plain JSON turns a tuple into a list and a datetime into an error. Looplane promises exact
+round-trips for JSON types plus tuple, datetime, date, UUID, Decimal, bytes and big ints, so
+those types travel as tagged objects ``{"__lp__": <type>, "v": <text or list>}``. A dict whose
+keys are not all strings, or that uses the tag key itself, travels as a tagged list of pairs,
+so it is never silently changed. Anything else is refused with the path of the bad value,
+before anything is stored.
+
+The output is ASCII (``ensure_ascii``), so lone surrogates in strings survive the trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from looplane.errors import SerializationError
+
+__all__ = ["TAG", "dumps", "encode", "loads", "type_name"]
+
+TAG = "__lp__"
+
+_PLAIN = (str, int, float, bool, type(None))
+
+# Python refuses to turn an int of more than 4300 decimal digits into text or back
+# (https://github.com/python/cpython/issues/95778), so json.dumps would fail on it. Larger
+# ints travel as tagged hex text, which has no such limit; 2**14000 has 4215 digits.
+_MAX_PLAIN_INT_BITS = 14_000
+
+
+def type_name(value: object) -> str:
+    """The qualified name of `value`'s type, as errors show it."""
+    cls = type(value)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def encode(value: Any, path: str) -> Any:
+    """Turn `value` into plain JSON types, tagging the extra ones.
+
+    Raises:
+        SerializationError: `value` holds a type outside the supported set; the error
+            names where (`path`) and the type.
+    """
+    kind = type(value)
+    if kind is int and value.bit_length() > _MAX_PLAIN_INT_BITS:
+        return {TAG: "int", "v": hex(value)}
+    if kind in _PLAIN:
+        return value
+    if kind is list:
+        return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind is dict:
+        return _encode_dict(value, path)
+    if kind is tuple:
+        return {TAG: "tuple", "v": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+    return _encode_scalar(value, path)
+
+
+def _encode_dict(value: dict[Any, Any], path: str) -> Any:
+    if all(type(key) is str for key in value) and TAG not in value:
+        return {key: encode(item, f"{path}[{key!r}]") for key, item in value.items()}
+    pairs = [
+        [encode(key, f"{path}<key {key!r}>"), encode(item, f"{path}[{key!r}]")]
+        for key, item in value.items()
+    ]
+    return {TAG: "dict", "v": pairs}
+
+
+def _encode_scalar(value: Any, path: str) -> Any:
+    kind = type(value)
+    if kind is datetime:
+        return {TAG: "datetime", "v": value.isoformat()}
+    if kind is date:
+        return {TAG: "date", "v": value.isoformat()}
+    if kind is uuid.UUID:
+        return {TAG: "uuid", "v": str(value)}
+    if kind is Decimal:
+        return {TAG: "decimal", "v": str(value)}
+    if kind is bytes:
+        return {TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    name = type_name(value)
+    raise SerializationError(
+        f"{path} has type {name}, which cannot be encoded (supported: JSON types, tuple, "
+        "datetime, date, UUID, Decimal, bytes)",
+        path=path,
+        type_name=name,
+    )
+
+
+# Limitation: on Python versions whose C fromisoformat drops a UTC offset's sub-second part
+# when its seconds part is 0 (+00:00:00.000001 reads back as UTC), such a datetime does not
+# round-trip exactly. No real time zone has a sub-second offset.
+# Lifted by: a Python with the upstream fix, https://github.com/python/cpython/issues/152079
+def _decode_tagged(obj: dict[str, Any]) -> Any:
+    tag = obj.get(TAG)
+    if tag is None:
+        return obj
+    raw = obj.get("v")
+    try:
+        return _DECODERS[tag](raw)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise SerializationError(f"bad tagged value {tag!r}: {exc}") from None
+
+
+def _expect(kind: type, parse: Any) -> Any:
+    """Wrap `parse` so that it refuses a raw value that is not a `kind`.
+
+    Tagged values may come from bytes no Looplane producer wrote; without the check a
+    string would become a tuple of characters, and a number an AttributeError.
+    """
+
+    def decode(raw: Any) -> Any:
+        if not isinstance(raw, kind):
+            raise TypeError(f"expected a {kind.__name__}, got {type(raw).__name__}")
+        return parse(raw)
+
+    return decode
+
+
+def _decode_dict(pairs: list[Any]) -> dict[Any, Any]:
+    if not all(type(pair) is list and len(pair) == 2 for pair in pairs):
+        raise ValueError("expected a list of [key, value] pairs")
+    return {_hashable(key): item for key, item in pairs}
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):
+        raise ValueError("a list cannot be a dict key")
+    return key
+
+
+_DECODERS: dict[str, Any] = {
+    "tuple": _expect(list, tuple),
+    "dict": _expect(list, _decode_dict),
+    "int": _expect(str, lambda text: int(text, 16)),
+    "datetime": _expect(str, datetime.fromisoformat),
+    "date": _expect(str, date.fromisoformat),
+    "uuid": _expect(str, uuid.UUID),
+    "decimal": _expect(str, Decimal),
+    "bytes": _expect(str, lambda text: base64.b64decode(text.encode("ascii"), validate=True)),
+}
+
+
+def dumps(value: Any, *, path: str = "value") -> bytes:
+    """Encode `value` to ASCII JSON bytes.
+
+    Raises:
+        SerializationError: `value` holds a type that cannot be encoded.
+    """
+    try:
+        text = json.dumps(encode(value, path), ensure_ascii=True, separators=(",", ":"))
+    except RecursionError:
+        raise SerializationError(f"{path} is nested too deeply to encode", path=path) from None
+    except ValueError as exc:
+        # Only reachable when sys.set_int_max_str_digits() was lowered below the digits
+        # of an int that stays untagged.
+        raise SerializationError(f"{path} cannot be encoded: {exc}", path=path) from None
+    return text.encode("ascii")
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode bytes written by `dumps`.
+
+    Raises:
+        SerializationError: The bytes are not valid encoded JSON.
+    """
+    try:
+        return json.loads(data, object_hook=_decode_tagged)
+    except SerializationError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise SerializationError(f"cannot decode JSON: {exc}") from None

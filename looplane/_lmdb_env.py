@@ -1,0 +1,443 @@
+"""One LMDB environment per directory per process, with one writer thread and group commit.
+
+Why this shape (see ``design/DELIVERY.md`` section 2):
+
+* LMDB's locks belong to a (process, file) pair, so a directory is opened once per process and
+  shared, reference-counted, by every storage and result backend that names it, whatever path
+  spelling they use (https://github.com/jnwatson/py-lmdb/issues/129).
+* A write transaction is tied to the thread that began it, and a second one on the same thread
+  deadlocks, so every write runs on one dedicated thread
+  (https://github.com/jnwatson/py-lmdb/pull/471).
+* Each commit is an fsync. The writer thread therefore takes every operation queued while the
+  previous commit ran and applies them all in one transaction (group commit), each in a nested
+  transaction so one failing operation rolls back alone. An operation's caller is answered only
+  after the commit, so "returned" still means "durable".
+* An environment is never used across ``fork``: the child drops its inherited handles and
+  opens its own (https://github.com/jnwatson/py-lmdb/issues/346).
+* Other processes learn of new work through a doorbell file: the writer rewrites one byte after
+  a commit that made work ready, and waiters watch the file with inotify. Watching ``data.mdb``
+  itself does not work, because writes through the memory map raise no inotify events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import lmdb
+
+from looplane.errors import StorageError, StorageUnavailable
+
+__all__ = ["DB_NAMES", "DEFAULT_MAP_SIZE", "LMDBEnv", "Txn"]
+
+logger = logging.getLogger("looplane.storage.lmdb")
+
+T = TypeVar("T")
+Txn = lmdb.Transaction
+
+DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAX_READERS = 1024
+DB_NAMES = (
+    "meta",
+    "jobs",
+    "payloads",
+    "ready",
+    "leases",
+    "delayed",
+    "dead",
+    "results",
+    "result_order",
+    "result_exp",
+)
+
+_MAX_BATCH = 256
+_READER_CHECK_S = 60.0
+_STOP = object()
+
+Op = tuple[Callable[[Any], Any], str | None, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
+class _Gate:
+    """Shared for transactions, exclusive for a map resize, which needs no txn open."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing or self._active:
+                self._cond.wait()
+            self._resizing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class LMDBEnv:
+    """A shared LMDB environment. Get one with `acquire`, give it back with `release`."""
+
+    _open: ClassVar[dict[str, LMDBEnv]] = {}
+    _inherited: ClassVar[list[LMDBEnv]] = []
+    _lock = threading.Lock()
+
+    def __init__(self, path: str, map_size: int, max_readers: int) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.refs = 0
+        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                path,
+                map_size=map_size,
+                max_dbs=len(DB_NAMES) + 2,
+                max_readers=max_readers,
+                subdir=True,
+                lock=True,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                max_spare_txns=0,
+            )
+        except lmdb.Error as exc:
+            raise StorageError(
+                f"cannot open LMDB environment at {path}: {exc}", backend="lmdb"
+            ) from exc
+        self.env.reader_check()
+        self._last_reader_check = time.monotonic()
+        with self.env.begin(write=True) as txn:
+            self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+        self._gate = _Gate()
+        self._bells = {
+            name: _Bell(os.path.join(path, f"{name}.bell")) for name in ("ready", "results")
+        }
+        self._listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, Callable[[], None]]]]
+        self._listeners = {name: set() for name in self._bells}
+        self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"looplane-lmdb:{path}", daemon=True
+        )
+        self._writer.start()
+
+    @classmethod
+    def acquire(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_readers: int = DEFAULT_MAX_READERS,
+    ) -> LMDBEnv:
+        """The process's environment for `path`, opened on first use."""
+        real = os.path.realpath(os.fspath(path))
+        with cls._lock:
+            env = cls._open.get(real)
+            if env is None or env.pid != os.getpid():
+                env = cls(real, map_size, max_readers)
+                cls._open[real] = env
+            env.refs += 1
+            return env
+
+    def release(self) -> None:
+        """Give back one reference; the last one closes the environment."""
+        with LMDBEnv._lock:
+            self.refs -= 1
+            if self.refs > 0 or self.pid != os.getpid():
+                return
+            if LMDBEnv._open.get(self.path) is self:
+                del LMDBEnv._open[self.path]
+        self._ops.put(_STOP)
+        self._writer.join()
+        for bell in self._bells.values():
+            bell.close()
+        with self._gate.exclusive():
+            self.env.close()
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        # The child must never use or close the parent's handles: closing them would release
+        # the parent's reader slots. Keep them referenced so they are never freed here.
+        cls._inherited.extend(cls._open.values())
+        cls._open = {}
+        cls._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        """True once the last reference was released."""
+        return not self._writer.is_alive()
+
+    # Writing -----------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[Txn], T], *, ring: str | None = None) -> T:
+        """Run `fn` in a write transaction on the writer thread and return its result.
+
+        The result arrives after the commit. If cancelled, the write still happens (or not)
+        as a whole; only the answer is lost. After a successful commit the `ring` doorbell
+        rings, waking waiters in this and other processes.
+        """
+        if self.pid != os.getpid():
+            raise StorageUnavailable("LMDB environment used after fork; reopen it", backend="lmdb")
+        if not self._writer.is_alive():
+            raise StorageUnavailable(f"LMDB environment at {self.path} is closed", backend="lmdb")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._ops.put((fn, ring, loop, future))
+        return await future
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._ops.get()
+            if first is _STOP:
+                return
+            batch: list[Op] = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    op = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if op is _STOP:
+                    stop = True
+                    break
+                batch.append(op)
+            self._apply(batch)
+            if stop:
+                return
+
+    def _apply(self, batch: list[Op]) -> None:
+        outcomes = self._commit_with_growth(batch)
+        rings = {op[1] for op, (ok, _) in zip(batch, outcomes, strict=True) if ok and op[1]}
+        for name in rings:
+            self._ring(name)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+        for (_, _, loop, future), (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_answer, answers)
+        self._maybe_check_readers()
+
+    def _commit_with_growth(self, batch: list[Op]) -> list[tuple[bool, Any]]:
+        while True:
+            try:
+                return self._commit(batch)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                self._adopt_new_size()
+            except lmdb.Error as exc:
+                error = StorageError(f"LMDB write at {self.path} failed: {exc}", backend="lmdb")
+                return [(False, error)] * len(batch)
+
+    def _commit(self, batch: list[Op]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        with self._gate.shared(), self.env.begin(write=True) as txn:
+            for fn, _, _, _ in batch:
+                try:
+                    with self.env.begin(write=True, parent=txn) as child:
+                        outcomes.append((True, fn(child)))
+                except (lmdb.MapFullError, lmdb.MapResizedError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - handed to the caller, not swallowed
+                    outcomes.append((False, exc))
+        return outcomes
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"] * 2
+        logger.warning("LMDB map full; growing path=%s map_size=%d", self.path, size)
+        try:
+            with self._gate.exclusive():
+                self.env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise StorageError(
+                f"LMDB map at {self.path} is full and cannot grow to {size} bytes ({exc}); "
+                "free disk space or raise the storage map_size setting",
+                backend="lmdb",
+            ) from exc
+
+    def _adopt_new_size(self) -> None:
+        with self._gate.exclusive():
+            self.env.set_mapsize(0)
+
+    def _maybe_check_readers(self) -> None:
+        # Readers killed with SIGKILL keep their slot and pin old pages until checked.
+        now = time.monotonic()
+        if now - self._last_reader_check >= _READER_CHECK_S:
+            self._last_reader_check = now
+            cleared = self.env.reader_check()
+            if cleared:
+                logger.warning("cleared stale LMDB readers path=%s count=%d", self.path, cleared)
+
+    # Reading -----------------------------------------------------------------------------
+
+    def read_sync(self, fn: Callable[[Txn], T]) -> T:
+        """Run `fn` in a read transaction on the calling thread (keep it short)."""
+        while True:
+            try:
+                with self._gate.shared(), self.env.begin(write=False, buffers=False) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self._adopt_new_size()
+            except lmdb.ReadersFullError:
+                self.env.reader_check()
+                with self._gate.shared(), self.env.begin(write=False) as txn:
+                    return fn(txn)
+
+    async def read(self, fn: Callable[[Txn], T]) -> T:
+        """Run `fn` in a read transaction in a worker thread, off the event loop."""
+        if self.pid != os.getpid() or self.closed:
+            raise StorageUnavailable(
+                f"LMDB environment at {self.path} is not open here", backend="lmdb"
+            )
+        return await asyncio.to_thread(self.read_sync, fn)
+
+    # Doorbells ---------------------------------------------------------------------------
+
+    def listen(
+        self, bell: str, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call `callback` on `loop` after each commit here that rings `bell`.
+
+        Returns a function that stops listening.
+        """
+        entry = (loop, callback)
+        self._listeners[bell].add(entry)
+        return lambda: self._listeners[bell].discard(entry)
+
+    def bell_path(self, bell: str) -> str:
+        """The doorbell file other processes watch for `bell`."""
+        return self._bells[bell].path
+
+    def _ring(self, name: str) -> None:
+        self._bells[name].ring()
+        for loop, callback in list(self._listeners[name]):
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(callback)
+
+
+def _answer(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in answers:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class _Bell:
+    """A one-byte file whose rewrite other processes see as an inotify event."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def ring(self) -> None:
+        os.pwrite(self._fd, b"\x01", 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+# Inotify ---------------------------------------------------------------------------------
+
+_IN_MODIFY = 0x00000002
+_IN_ATTRIB = 0x00000004
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+def _load_libc() -> Any:
+    name = ctypes.util.find_library("c")
+    if not name or not hasattr(os, "pwrite"):
+        return None  # pragma: no cover - non-Linux
+    libc = ctypes.CDLL(name, use_errno=True)
+    if not hasattr(libc, "inotify_init1"):
+        return None  # pragma: no cover - non-Linux
+    return libc
+
+
+_libc = _load_libc()
+
+
+class DoorbellWatch:
+    """Sets an asyncio event whenever a doorbell file is rung, by any process.
+
+    Without inotify (not Linux) it never fires by itself; waiters then poll, bounded by the
+    short timeouts they already use.
+    """
+
+    def __init__(
+        self, path: str, loop: asyncio.AbstractEventLoop, on_ring: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self._fd = -1
+        self._on_ring = on_ring
+        if _libc is None:  # pragma: no cover - non-Linux
+            return
+        fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:  # pragma: no cover - out of inotify instances
+            logger.warning(
+                "inotify unavailable (%s); falling back to polling", os.strerror(ctypes.get_errno())
+            )
+            return
+        if _libc.inotify_add_watch(fd, path.encode(), _IN_MODIFY | _IN_ATTRIB) < 0:
+            os.close(fd)  # pragma: no cover - the bell file exists by construction
+            return  # pragma: no cover
+        self._fd = fd
+        loop.add_reader(fd, self._drain)
+
+    @property
+    def active(self) -> bool:
+        """True when inotify events arrive; False means callers must poll."""
+        return self._fd >= 0
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                if not os.read(self._fd, 4096):
+                    break
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    break
+                raise
+        self._on_ring()
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self._fd >= 0:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+os.register_at_fork(after_in_child=LMDBEnv._after_fork_in_child)

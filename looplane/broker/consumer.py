@@ -1,0 +1,308 @@
+"""Consumers: the leasing side of a queue.
+
+A consumer receives tasks under leases and must answer each one with `ack` or `nack`. A task
+that is never answered (the worker was killed) becomes receivable again when its lease runs
+out, so delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Self
+
+from looplane._clock import SYSTEM_CLOCK, Clock
+from looplane.broker.serializer import JSONSerializer, Serializer
+from looplane.errors import BrokerError, LeaseLost, SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from types import TracebackType
+
+    from looplane.storage.base import Claim, StorageBackend, Watcher
+    from looplane.task import Task
+
+__all__ = ["Consumer", "Rejected", "StorageConsumer", "new_consumer_id"]
+
+logger = logging.getLogger(__name__)
+
+# Payloads larger than this are decoded in a thread, off the event loop.
+_DECODE_IN_THREAD_AT = 256 * 1024
+
+# A wait with no timeout still wakes this often, as a fallback for a lost wake-up.
+_IDLE_WAKE_S = 1.0
+
+
+def new_consumer_id() -> str:
+    """A consumer id unique to this process run: host, pid and a random suffix.
+
+    Host and pid alone repeat when a container restarts as pid 1, which would make a
+    restarted worker look like the dead one
+    (https://github.com/procrastinate-org/procrastinate/issues/1518).
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A delivery the consumer could not turn into a task, and set aside."""
+
+    task_id: str
+    reason: str
+    attempt: int
+    max_attempts: int
+
+
+class Consumer(ABC):
+    """Receives tasks under leases; every received task must be acked or nacked.
+
+    Subclasses implement `receive_batch`, `ack` and `nack`. Those with leases that must be
+    renewed also implement `renew` and `renew_interval_s`; the orchestrator calls them while
+    tasks run.
+    """
+
+    on_reject: Callable[[Rejected], Awaitable[None]] | None = None
+    """Called for each delivery set aside as undecodable (the orchestrator records it)."""
+
+    async def receive(self, timeout: float | None = None) -> Task | None:
+        """Lease one task, waiting up to `timeout` seconds (None: until one arrives).
+
+        Returns None if nothing arrived in time. Cancelling it leaves no task leased.
+        """
+        tasks = await self.receive_batch(1, timeout=timeout)
+        return tasks[0] if tasks else None
+
+    @abstractmethod
+    async def receive_batch(
+        self, batch_size: int = 10, *, timeout: float | None = None
+    ) -> list[Task]:
+        """Lease up to `batch_size` tasks, waiting up to `timeout` seconds for the first."""
+
+    @abstractmethod
+    async def ack(self, task: Task) -> None:
+        """Finish the task: it leaves the queue for good.
+
+        Raises:
+            LeaseLost: The lease ran out and the task may be running elsewhere; nothing changed.
+        """
+
+    @abstractmethod
+    async def nack(
+        self,
+        task: Task,
+        requeue: bool = True,
+        *,
+        delay_s: float = 0.0,
+        reason: str | None = None,
+        count_attempt: bool = True,
+    ) -> None:
+        """Give the task back: to the queue after `delay_s` seconds, or to the dead letters.
+
+        With ``requeue=False`` the task is dead-lettered with `reason`. With
+        ``count_attempt=False`` the attempt is not counted against its retries (used when a
+        shutdown interrupted it).
+
+        Raises:
+            LeaseLost: The lease ran out; nothing changed.
+        """
+
+    async def renew(self, tasks: Sequence[Task]) -> list[Task]:
+        """Extend the leases of `tasks`; returns those whose lease was lost."""
+        return []
+
+    @property
+    def renew_interval_s(self) -> float | None:
+        """How often the orchestrator should call `renew`; None if leases never run out."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 - consumers without resources need nothing
+        """Stop receiving and give back tasks that were received but not answered."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class StorageConsumer(Consumer):
+    """Receives tasks from a `StorageBackend`.
+
+    A delivery that cannot be decoded is dead-lettered with its reason and reported to
+    `on_reject`, and receiving carries on with the next one.
+    """
+
+    def __init__(
+        self,
+        storage: StorageBackend,
+        *,
+        serializer: Serializer | None = None,
+        queue: str = "default",
+        clock: Clock = SYSTEM_CLOCK,
+        consumer_id: str | None = None,
+    ) -> None:
+        self.storage = storage
+        self.serializer = serializer or JSONSerializer()
+        self.queue = queue
+        self.clock = clock
+        self.consumer_id = consumer_id or new_consumer_id()
+        self._claims: dict[str, Claim] = {}
+        self._watcher: Watcher | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def receive_batch(
+        self, batch_size: int = 10, *, timeout: float | None = None
+    ) -> list[Task]:
+        """Lease up to `batch_size` tasks; see `Consumer.receive_batch`."""
+        if self._closed:
+            raise BrokerError("consumer is closed")
+        if batch_size < 1:
+            return []
+        # Arm the watcher before the first empty check, so a task sent in between still
+        # wakes this wait.
+        if self._watcher is None:
+            self._watcher = self.storage.watch()
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        while True:
+            claims = await self._claim(batch_size)
+            tasks = await self._decode_all(claims)
+            if tasks:
+                return tasks
+            if claims:
+                continue
+            wait_s = _IDLE_WAKE_S if deadline is None else deadline - self.clock.monotonic()
+            if wait_s <= 0:
+                return []
+            await self._watcher.wait(min(wait_s, _IDLE_WAKE_S * 60))
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        # A claim that commits after its caller was cancelled would strand its tasks until
+        # their leases ran out. Shield it, and give such claims back once it finishes.
+        pending = asyncio.ensure_future(self.storage.claim(limit, queue=self.queue))
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(self._give_back_abandoned)
+            raise
+
+    def _give_back_abandoned(self, done: asyncio.Future[list[Claim]]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        for claim in done.result():
+            job = asyncio.ensure_future(self.storage.release(claim, count_attempt=False))
+            self._background.add(job)  # type: ignore[arg-type]  # ensure_future returns a Task
+            job.add_done_callback(self._background.discard)  # type: ignore[arg-type]  # idem
+
+    async def _decode_all(self, claims: list[Claim]) -> list[Task]:
+        tasks = []
+        for claim in claims:
+            task = await self._decode(claim)
+            if task is not None:
+                tasks.append(task)
+        return tasks
+
+    async def _decode(self, claim: Claim) -> Task | None:
+        try:
+            if len(claim.payload) > _DECODE_IN_THREAD_AT:
+                task = await asyncio.to_thread(self.serializer.deserialize, claim.payload)
+            else:
+                task = self.serializer.deserialize(claim.payload)
+            if task.id != claim.task_id:
+                raise SerializationError(f"payload holds task id {task.id}")
+        except SerializationError as exc:
+            await self._reject(claim, f"undecodable payload: {exc}")
+            return None
+        task.attempt = claim.attempt
+        task.fetched_at = datetime.fromtimestamp(self.clock.time(), UTC)
+        self._claims[task.id] = claim
+        return task
+
+    async def _reject(self, claim: Claim, reason: str) -> None:
+        logger.error(
+            "task %s set aside: %s",
+            claim.task_id,
+            reason,
+            extra={"task_id": claim.task_id, "consumer_id": self.consumer_id},
+        )
+        await self.storage.bury(claim, reason=reason)
+        if self.on_reject is not None:
+            await self.on_reject(
+                Rejected(
+                    task_id=claim.task_id,
+                    reason=reason,
+                    attempt=claim.attempt,
+                    max_attempts=claim.max_attempts,
+                )
+            )
+
+    def _take(self, task: Task, operation: str) -> Claim:
+        claim = self._claims.pop(task.id, None)
+        if claim is None:
+            raise LeaseLost(task_id=task.id, operation=operation)
+        return claim
+
+    async def ack(self, task: Task) -> None:
+        """Remove the task from storage; see `Consumer.ack`."""
+        claim = self._take(task, "ack")
+        if not await self.storage.ack(claim):
+            raise LeaseLost(task_id=task.id, operation="ack")
+
+    async def nack(
+        self,
+        task: Task,
+        requeue: bool = True,
+        *,
+        delay_s: float = 0.0,
+        reason: str | None = None,
+        count_attempt: bool = True,
+    ) -> None:
+        """Give the task back; see `Consumer.nack`."""
+        claim = self._take(task, "nack")
+        if requeue:
+            done = await self.storage.release(claim, delay_s=delay_s, count_attempt=count_attempt)
+        else:
+            done = await self.storage.bury(claim, reason=reason or "rejected by consumer")
+        if not done:
+            raise LeaseLost(task_id=task.id, operation="nack")
+
+    async def renew(self, tasks: Sequence[Task]) -> list[Task]:
+        """Extend the leases of `tasks`; returns (and forgets) those that were lost."""
+        held = [t for t in tasks if t.id in self._claims]
+        if not held:
+            return []
+        alive = await self.storage.renew([self._claims[t.id] for t in held])
+        lost = [task for task, ok in zip(held, alive, strict=True) if not ok]
+        for task in lost:
+            self._claims.pop(task.id, None)
+        return lost
+
+    @property
+    def renew_interval_s(self) -> float:
+        """A third of the shortest lease held, so two renewals can fail before it runs out."""
+        leases = [c.lease_s for c in self._claims.values()]
+        return min(leases, default=self.storage.default_lease_s) / 3
+
+    async def close(self) -> None:
+        """Give back unanswered tasks (their attempt is not counted) and stop receiving."""
+        if self._closed:
+            return
+        self._closed = True
+        claims, self._claims = list(self._claims.values()), {}
+        for claim in claims:
+            await self.storage.release(claim, count_attempt=False)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.close()

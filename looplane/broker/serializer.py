@@ -1,0 +1,215 @@
+"""Turning a `Task` into bytes and back.
+
+`task_to_dict` and `dict_to_task` map a task to plain Python values and back; a `Serializer`
+turns those into bytes. `dict_to_task` checks every field, because storage may hand back
+bytes that no Looplane producer wrote (a corrupt record, another program, an older version),
+and a bad record must become a clear error, never a crashed worker.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Any
+
+from looplane import _codec
+from looplane.errors import ConfigError, SerializationError
+from looplane.task import MAX_NAME_LENGTH, Backoff, BackoffKind, Task
+
+__all__ = ["FORMAT_VERSION", "JSONSerializer", "Serializer", "dict_to_task", "task_to_dict"]
+
+FORMAT_VERSION = 1
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """The task as a dict of plain values (arguments are left as they are)."""
+    return {
+        "v": FORMAT_VERSION,
+        "id": task.id,
+        "name": task.name,
+        "args": list(task.args),
+        "kwargs": task.kwargs,
+        "max_retries": task.max_retries,
+        "timeout": task.timeout,
+        "backoff": task.backoff.to_dict(),
+        "queue": task.queue,
+        "priority": task.priority,
+        "created_at": task.created_at.isoformat(),
+    }
+
+
+def dict_to_task(data: Any) -> Task:
+    """Rebuild a task from `task_to_dict` output, checking every field.
+
+    Raises:
+        SerializationError: A field is missing or has the wrong type; the message names it.
+    """
+    if not isinstance(data, dict):
+        raise SerializationError(f"task record is a {type(data).__name__}, not an object")
+    _check_version(data)
+    try:
+        return Task(
+            id=_field(data, "id", str),
+            name=_name(data),
+            args=tuple(_field(data, "args", list)),
+            kwargs=_kwargs(data),
+            max_retries=_field(data, "max_retries", int),
+            timeout=_optional_number(data, "timeout"),
+            backoff=_backoff(data),
+            queue=_field(data, "queue", str),
+            priority=_field(data, "priority", int),
+            created_at=_created_at(data),
+        )
+    except SerializationError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"task record is malformed: {exc!r}") from None
+
+
+def _field(data: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in data:
+        raise SerializationError(f"task record has no {key!r} field")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SerializationError(
+            f"task field {key!r} is a {type(value).__name__}, expected {kind.__name__}"
+        )
+    return value
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    # A record from a newer Looplane may mean something else by the same fields, so it is
+    # refused rather than guessed at. Records without "v" are read as version 1.
+    version = data.get("v", FORMAT_VERSION)
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise SerializationError(
+            f"task record has format version {version!r}; this Looplane reads version "
+            f"{FORMAT_VERSION}"
+        )
+
+
+def _kwargs(data: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[Any, Any] = _field(data, "kwargs", dict)
+    for key in kwargs:
+        if type(key) is not str:
+            raise SerializationError(f"task field 'kwargs' has a non-string key {key!r}")
+    return kwargs
+
+
+def _backoff(data: dict[str, Any]) -> Backoff:
+    raw: dict[str, Any] = _field(data, "backoff", dict)
+    kinds = [kind.value for kind in BackoffKind]
+    if raw.get("kind") not in kinds:
+        raise SerializationError(
+            f"task field 'backoff' has kind {raw.get('kind')!r}, not one of: {', '.join(kinds)}"
+        )
+    for key in ("base_s", "max_s"):
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SerializationError(
+                f"task field 'backoff' has {key}={value!r}, which is not a number"
+            )
+    if not isinstance(raw.get("jitter"), bool):
+        raise SerializationError(
+            f"task field 'backoff' has jitter={raw.get('jitter')!r}, which is not a boolean"
+        )
+    try:
+        return Backoff.from_dict(raw)
+    except ConfigError as exc:
+        raise SerializationError(f"task field 'backoff' is invalid: {exc}") from None
+
+
+def _created_at(data: dict[str, Any]) -> datetime:
+    text: str = _field(data, "created_at", str)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise SerializationError(
+            f"task field 'created_at' is {text[:40]!r}, not an ISO 8601 datetime"
+        ) from None
+
+
+def _name(data: dict[str, Any]) -> str:
+    name: str = _field(data, "name", str)
+    if not name:
+        raise SerializationError("task field 'name' is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise SerializationError(
+            f"task field 'name' is {len(name)} characters long (at most {MAX_NAME_LENGTH})"
+        )
+    return name
+
+
+def _optional_number(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SerializationError(f"task field {key!r} is a {type(value).__name__}, not a number")
+    return float(value)
+
+
+class Serializer(ABC):
+    """Turns tasks into bytes for storage and back."""
+
+    @abstractmethod
+    def serialize(self, task: Task) -> bytes:
+        """Encode `task`.
+
+        Raises:
+            SerializationError: An argument has a type this serializer cannot encode; the
+                error names the argument (``args[1]``, ``kwargs['when']``) and its type.
+        """
+
+    @abstractmethod
+    def deserialize(self, data: bytes) -> Task:
+        """Decode bytes written by `serialize`.
+
+        Raises:
+            SerializationError: The bytes do not hold a valid task.
+        """
+
+
+class JSONSerializer(Serializer):
+    """JSON, extended with tagged tuple, datetime, date, UUID, Decimal and bytes values.
+
+    Arguments of any other type are refused at `serialize` time, so nothing is stored that
+    a worker could not rebuild exactly.
+    """
+
+    def __init__(self, encoding: str = "utf-8") -> None:
+        """Write and read JSON text in `encoding`.
+
+        Raises:
+            ConfigError: Python does not know `encoding`.
+        """
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ConfigError(f"unknown text encoding {encoding!r}") from None
+        self.encoding = encoding
+
+    def serialize(self, task: Task) -> bytes:
+        """Encode `task` as JSON text in `encoding`."""
+        record = task_to_dict(task)
+        try:
+            record["args"] = _codec.encode(record["args"], "args")
+            record["kwargs"] = _codec.encode(record["kwargs"], "kwargs")
+            text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+        except RecursionError:
+            raise SerializationError("task arguments are nested too deeply to encode") from None
+        except ValueError as exc:
+            # Only reachable when sys.set_int_max_str_digits() was lowered below the digits
+            # of an int argument that the codec leaves untagged.
+            raise SerializationError(f"task cannot be encoded: {exc}") from None
+        return text.encode(self.encoding)
+
+    def deserialize(self, data: bytes) -> Task:
+        """Decode a task written by `serialize`."""
+        try:
+            text = data.decode(self.encoding)
+        except UnicodeDecodeError as exc:
+            raise SerializationError(f"task bytes are not valid {self.encoding}: {exc}") from None
+        return dict_to_task(_codec.loads(text))

@@ -1,0 +1,122 @@
+"""Every exception and warning Looplane raises.
+
+The tree::
+
+    LooplaneError
+    ├── ConfigError (also ValueError)
+    ├── SerializationError (also TypeError)
+    ├── StorageError ── StorageUnavailable
+    ├── BrokerError ── LeaseLost
+    └── TaskError ── TaskNotFound, TaskTimeout (also TimeoutError), RetriesExhausted
+    Retry, Cancel: raised by task code to steer the orchestrator; not errors
+    LooplaneWarning(UserWarning), LooplaneDeprecationWarning(DeprecationWarning)
+
+Errors carry their data as keyword-only attributes and build their message from it, so
+handlers branch on fields rather than on message text.
+"""
+
+from __future__ import annotations
+
+
+class LooplaneError(Exception):
+    """Base class of every error Looplane raises."""
+
+
+class ConfigError(LooplaneError, ValueError):
+    """A setting or a pluggable component is invalid."""
+
+
+class SerializationError(LooplaneError, TypeError):
+    """A value cannot be encoded, or bytes cannot be decoded into a task.
+
+    Attributes:
+        path: Where in the task the bad value sits, such as ``args[1]`` or ``kwargs['when']``.
+        type_name: The qualified type name of the value that could not be encoded.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, type_name: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.type_name = type_name
+
+
+class StorageError(LooplaneError):
+    """The storage backend failed or refused an operation."""
+
+    def __init__(self, message: str, *, backend: str | None = None):
+        super().__init__(message)
+        self.backend = backend
+
+
+class StorageUnavailable(StorageError):
+    """The storage backend did not answer or is closed."""
+
+
+class BrokerError(LooplaneError):
+    """A producer or consumer operation failed."""
+
+
+class LeaseLost(BrokerError):
+    """The consumer no longer holds the lease on a task, so it may not ack, nack or renew it.
+
+    Another consumer may already be running the task; the state was left unchanged.
+    """
+
+    def __init__(self, *, task_id: str, operation: str):
+        super().__init__(f"lease on task {task_id} was lost; {operation} refused")
+        self.task_id = task_id
+        self.operation = operation
+
+
+class TaskError(LooplaneError):
+    """A problem with one task or task function."""
+
+
+class TaskNotFound(TaskError, LookupError):
+    """No task function is registered under a name, or no task has the given id."""
+
+    def __init__(self, message: str, *, name: str | None = None, task_id: str | None = None):
+        super().__init__(message)
+        self.name = name
+        self.task_id = task_id
+
+
+class TaskTimeout(TaskError, TimeoutError):
+    """An attempt ran longer than its timeout, or a wait for a result ran out."""
+
+    def __init__(self, message: str, *, task_id: str | None = None, timeout_s: float):
+        super().__init__(message)
+        self.task_id = task_id
+        self.timeout_s = timeout_s
+
+
+class RetriesExhausted(TaskError):
+    """The last allowed attempt of a task failed."""
+
+    def __init__(self, *, task_id: str, attempts: int):
+        super().__init__(f"task {task_id} failed after {attempts} attempts")
+        self.task_id = task_id
+        self.attempts = attempts
+
+
+class Retry(Exception):
+    """Raised by task code to ask for another attempt, optionally after ``delay_s`` seconds.
+
+    The retry uses up an attempt like any failure; when none are left the task fails.
+    """
+
+    def __init__(self, reason: str = "retry requested", *, delay_s: float | None = None):
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Cancel(Exception):
+    """Raised by task code to fail the task at once, without further attempts."""
+
+
+class LooplaneWarning(UserWarning):
+    """A setting or situation that works but is probably not what was meant."""
+
+
+class LooplaneDeprecationWarning(DeprecationWarning):
+    """A feature that will be removed in a later release."""

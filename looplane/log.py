@@ -1,0 +1,45 @@
+"""The task log adapter and the standard log field names.
+
+Every line about one task starts ``task <id> <name> <attempt>/<max>:`` and carries the same
+fields in ``extra``, so log tools can filter by task without parsing text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+    from looplane.task import Task
+
+__all__ = ["TaskLogAdapter", "task_log"]
+
+
+class TaskLogAdapter(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes messages with the task and adds its fields to every record."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        """Add the task prefix and fields; fields passed in ``extra`` win."""
+        fields = dict(self.extra or {})
+        fields.update(kwargs.get("extra") or {})
+        kwargs["extra"] = fields
+        prefix = (
+            f"task {fields['task_id']} {fields['task_name']} "
+            f"{fields['attempt']}/{fields['max_attempts']}: "
+        )
+        return prefix + str(msg), kwargs
+
+
+def task_log(logger: logging.Logger, task: Task, **fields: Any) -> TaskLogAdapter:
+    """A logger for lines about `task`; `fields` (such as ``consumer_id``) join its extra."""
+    extra = {
+        "task_id": task.id,
+        "task_name": task.name,
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "queue": task.queue,
+        **fields,
+    }
+    return TaskLogAdapter(logger, extra)

@@ -1,0 +1,535 @@
+"""The orchestrator: runs leased tasks under a concurrency limit and records every attempt.
+
+Each task goes through named steps: receive, look up, execute, record, then ack or nack.
+It leases only as many tasks as it has free slots, because a task waiting in a local buffer
+could outlive its lease (https://github.com/Bogdanp/dramatiq_sqs/pull/53). While tasks run,
+an independent renewal loop extends their leases, so a long task is never handed out twice
+while its worker lives, and a task whose lease was lost anyway is cancelled.
+
+Interruptions the orchestrator causes itself (a stop) give the task back without using up an
+attempt (https://github.com/python-arq/arq/issues/267); a crash still counts, so a task that
+kills its worker cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from looplane import _codec
+from looplane._clock import SYSTEM_CLOCK, Clock
+from looplane.errors import (
+    Cancel,
+    ConfigError,
+    LeaseLost,
+    LooplaneError,
+    Retry,
+    SerializationError,
+    TaskNotFound,
+    TaskTimeout,
+)
+from looplane.log import task_log
+from looplane.result.base import ResultBackend, TaskResult
+from looplane.task import Task, TaskContext, TaskFunction, TaskRegistry, registry, set_current_task
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from looplane.broker.consumer import Consumer, Rejected
+
+__all__ = ["DEFAULT_GRACE_S", "Orchestrator"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRACE_S = 30.0
+
+# After the grace period, interrupted tasks get this long to run their cleanup before stop()
+# gives up on them and leaves them leased (their lease then runs out and they run again).
+_CANCEL_DEADLINE_S = 5.0
+# How long recording an interrupted task's requeue may take during shutdown.
+_REQUEUE_DEADLINE_S = 5.0
+_MAX_RENEW_INTERVAL_S = 1.0
+_RECEIVE_WAIT_S = 1.0
+
+Interruption = Literal["shutdown", "lease_lost"]
+
+
+@dataclass(slots=True)
+class _Running:
+    task: Task
+    runner: asyncio.Task[None]
+    interrupted: Interruption | None = None
+    recording: asyncio.Future[None] | None = None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    task: Task
+    started_at: datetime
+    started_mono: float
+    log: logging.LoggerAdapter[logging.Logger] = field(repr=False)
+
+
+class Orchestrator:
+    """Receives tasks from a consumer and runs them, at most `max_concurrent_tasks` at once.
+
+    ``async def`` task functions run on the event loop; plain functions run in a thread pool
+    of `max_concurrent_tasks` threads. Every attempt's outcome goes to `result_backend`.
+
+    Note:
+        A plain-function task that times out or is interrupted keeps running in its thread
+        (Python cannot kill a thread); the orchestrator stops waiting for it, records the
+        outcome and drops whatever the thread returns later.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        result_backend: ResultBackend | None = None,
+        max_concurrent_tasks: int = 10,
+        *,
+        grace_s: float = DEFAULT_GRACE_S,
+        task_registry: TaskRegistry = registry,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if max_concurrent_tasks < 1:
+            raise ConfigError(f"max_concurrent_tasks must be >= 1, got {max_concurrent_tasks}")
+        self.consumer = consumer
+        self.result_backend = result_backend
+        self.max_concurrent_tasks = max_concurrent_tasks
+        self.grace_s = grace_s
+        self.registry = task_registry
+        self.clock = clock
+        self._running: dict[str, _Running] = {}
+        self._slot_free = asyncio.Event()
+        self._fetcher: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._force = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._recordings: set[asyncio.Future[None]] = set()
+        self.finished = 0
+
+    @property
+    def active_tasks(self) -> int:
+        """How many tasks are running now."""
+        return len(self._running)
+
+    @property
+    def capacity(self) -> int:
+        """How many more tasks could start now."""
+        return self.max_concurrent_tasks - len(self._running)
+
+    @property
+    def is_running(self) -> bool:
+        """True between `start` and the end of `stop`."""
+        return self._fetcher is not None and self._stopping is None
+
+    async def start(self) -> None:
+        """Start receiving and running tasks in the background; returns at once."""
+        if self._fetcher is not None:
+            return
+        self.consumer.on_reject = self._record_reject
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_concurrent_tasks, thread_name_prefix="looplane-task"
+        )
+        self._fetcher = asyncio.create_task(self._fetch_loop(), name="looplane-fetch")
+        self._renewer = asyncio.create_task(self._renew_loop(), name="looplane-renew")
+        logger.info(
+            "orchestrator started max_concurrent_tasks=%d grace_s=%.1f",
+            self.max_concurrent_tasks,
+            self.grace_s,
+        )
+
+    async def stop(self, wait: bool = True) -> None:
+        """Stop receiving, then finish or give back the running tasks.
+
+        With ``wait=True`` running tasks get `grace_s` seconds to finish; those still running
+        then are cancelled and returned to the queue without using up an attempt. With
+        ``wait=False`` they are cancelled at once. A task that ignores cancellation for a
+        further 5 s is left leased (its lease runs out and it runs again) and logged.
+        Calling `stop` again while a stop is under way joins it; ``wait=False`` then cuts the
+        grace period short. Cancelling `stop` does not cancel the shutdown.
+        """
+        if self._fetcher is None:
+            return
+        if not wait:
+            self._force.set()
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._shutdown(), name="looplane-stop")
+        await asyncio.shield(self._stopping)
+
+    # Receiving ----------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        failures = 0
+        while True:
+            if self.capacity <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                tasks = await self.consumer.receive_batch(self.capacity, timeout=_RECEIVE_WAIT_S)
+            except LooplaneError:
+                failures += 1
+                logger.exception("receive failed; retrying attempt=%d", failures)
+                await self.clock.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            failures = 0
+            for task in tasks:
+                self._spawn(task)
+
+    def _spawn(self, task: Task) -> None:
+        runner = asyncio.create_task(self._process(task), name=f"looplane-task-{task.id}")
+        self._running[task.id] = _Running(task, runner)
+        runner.add_done_callback(functools.partial(self._on_done, task.id))
+
+    def _on_done(self, task_id: str, runner: asyncio.Task[None]) -> None:
+        self._running.pop(task_id, None)
+        self.finished += 1
+        self._slot_free.set()
+        if not runner.cancelled() and runner.exception() is not None:  # pragma: no cover
+            logger.error("task runner crashed task_id=%s", task_id, exc_info=runner.exception())
+
+    # Running one task ---------------------------------------------------------------------
+
+    async def _process(self, task: Task) -> None:
+        try:
+            entry = self.registry.get(task.name)
+        except TaskNotFound:
+            await self._reject_unknown(task)
+            return
+        now = self.clock.time()
+        attempt = _Attempt(
+            task, datetime.fromtimestamp(now, UTC), self.clock.monotonic(), task_log(logger, task)
+        )
+        try:
+            value = await self._execute(entry, task)
+        except asyncio.CancelledError:
+            await self._interrupted(task)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is recorded
+            await self._record(task, self._finish_failure(attempt, exc))
+        else:
+            await self._record(task, self._finish_success(attempt, value))
+
+    async def _execute(self, entry: TaskFunction, task: Task) -> Any:
+        set_current_task(
+            TaskContext(
+                task_id=task.id, name=task.name, attempt=task.attempt, max_retries=task.max_retries
+            )
+        )
+        if entry.is_async:
+            call: Awaitable[Any] = entry.func(*task.args, **task.kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            call = loop.run_in_executor(
+                self._executor,
+                functools.partial(context.run, entry.func, *task.args, **task.kwargs),
+            )
+        if task.timeout is None:
+            return await call
+        timer = asyncio.timeout(task.timeout)
+        try:
+            async with timer:
+                return await call
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise TaskTimeout(
+                f"attempt timed out after {task.timeout:g}s",
+                task_id=task.id,
+                timeout_s=task.timeout,
+            ) from None
+
+    async def _record(self, task: Task, step: Awaitable[None]) -> None:
+        # Once the attempt is over, recording and acking must finish even if the runner is
+        # cancelled now: half-recorded outcomes are what leaves tasks stuck or lost.
+        recording = asyncio.ensure_future(step)
+        self._recordings.add(recording)
+        recording.add_done_callback(self._recordings.discard)
+        running = self._running.get(task.id)
+        if running is not None:
+            running.recording = recording
+        await asyncio.shield(recording)
+
+    async def _finish_success(self, attempt: _Attempt, value: Any) -> None:
+        task = attempt.task
+        if asyncio.iscoroutine(value):
+            value.close()
+            await self._finish_failure(
+                attempt,
+                SerializationError(
+                    "task returned a coroutine object (a missing await?)", type_name="coroutine"
+                ),
+                retryable=False,
+            )
+            return
+        result = self._result(attempt, success=True, value=value)
+        try:
+            await self._store(result)
+        except SerializationError as exc:
+            await self._finish_failure(attempt, exc, retryable=False)
+            return
+        await self._answer(task, attempt, self.consumer.ack(task), outcome="success")
+
+    async def _finish_failure(
+        self, attempt: _Attempt, exc: BaseException, *, retryable: bool = True
+    ) -> None:
+        task = attempt.task
+        retryable = retryable and not isinstance(exc, Cancel)
+        will_retry = retryable and task.attempt < task.max_attempts
+        await self._store(self._result(attempt, success=False, exc=exc, will_retry=will_retry))
+        error = _describe(exc)
+        if will_retry:
+            delay_s = task.backoff.delay_s(task.attempt)
+            if isinstance(exc, Retry) and exc.delay_s is not None:
+                delay_s = exc.delay_s
+            await self._answer(
+                task,
+                attempt,
+                self.consumer.nack(task, delay_s=delay_s),
+                outcome="retry",
+                delay_s=delay_s,
+                error=error,
+            )
+            return
+        reason = f"failed on attempt {task.attempt} of {task.max_attempts}: {error}"
+        await self._answer(
+            task,
+            attempt,
+            self.consumer.nack(task, requeue=False, reason=reason),
+            outcome="failed",
+            error=error,
+        )
+
+    async def _answer(
+        self,
+        task: Task,
+        attempt: _Attempt,
+        call: Awaitable[None],
+        *,
+        outcome: str,
+        delay_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        duration_ms = (self.clock.monotonic() - attempt.started_mono) * 1000
+        try:
+            await call
+        except LeaseLost:
+            attempt.log.warning(
+                "attempt finished but its lease was lost; another worker may "
+                "run it again outcome=%s",
+                outcome,
+                extra={"outcome": outcome},
+            )
+            return
+        fields = {"outcome": outcome, "duration_ms": round(duration_ms, 1)}
+        if outcome == "success":
+            attempt.log.info(
+                "attempt finished outcome=success duration_ms=%.1f", duration_ms, extra=fields
+            )
+        elif outcome == "retry":
+            attempt.log.warning(
+                "attempt failed, retry scheduled outcome=retry "
+                "duration_ms=%.1f delay_s=%.2f error=%s",
+                duration_ms,
+                delay_s,
+                error,
+                extra=fields,
+            )
+        else:
+            attempt.log.error(
+                "attempt failed, no retries left outcome=failed duration_ms=%.1f error=%s",
+                duration_ms,
+                error,
+                extra=fields,
+            )
+
+    def _result(
+        self,
+        attempt: _Attempt,
+        *,
+        success: bool,
+        value: Any = None,
+        exc: BaseException | None = None,
+        will_retry: bool = False,
+    ) -> TaskResult:
+        task = attempt.task
+        finished = self.clock.time()
+        return TaskResult(
+            task_id=task.id,
+            func_name=task.name,
+            success=success,
+            value=value,
+            error=_describe(exc) if exc is not None else None,
+            error_type=_codec.type_name(exc) if exc is not None else None,
+            traceback=_format_traceback(exc) if exc is not None else None,
+            attempt=task.attempt,
+            max_retries=task.max_retries,
+            will_retry=will_retry,
+            duration=self.clock.monotonic() - attempt.started_mono,
+            fetched_at=task.fetched_at,
+            started_at=attempt.started_at,
+            finished_at=datetime.fromtimestamp(finished, UTC),
+        )
+
+    async def _store(self, result: TaskResult) -> None:
+        if self.result_backend is not None:
+            await self.result_backend.store(result)
+
+    async def _interrupted(self, task: Task) -> None:
+        running = self._running.get(task.id)
+        reason = running.interrupted if running else None
+        log = task_log(logger, task)
+        if reason == "shutdown":
+            with contextlib.suppress(LeaseLost, TimeoutError):
+                async with asyncio.timeout(_REQUEUE_DEADLINE_S):
+                    await asyncio.shield(self.consumer.nack(task, count_attempt=False))
+            log.warning(
+                "interrupted by shutdown, requeued outcome=interrupted",
+                extra={"outcome": "interrupted"},
+            )
+        elif reason == "lease_lost":
+            log.warning(
+                "cancelled: lease lost, another worker may run it outcome=lease_lost",
+                extra={"outcome": "lease_lost"},
+            )
+
+    async def _reject_unknown(self, task: Task) -> None:
+        reason = f"unknown task {task.name!r}: no loaded module registered it"
+        log = task_log(logger, task)
+        log.error("set aside: %s", reason, extra={"outcome": "dead"})
+        await self._store(
+            TaskResult(
+                task_id=task.id,
+                func_name=task.name,
+                success=False,
+                error=reason,
+                error_type="looplane.errors.TaskNotFound",
+                attempt=task.attempt,
+                max_retries=task.max_retries,
+                fetched_at=task.fetched_at,
+                finished_at=datetime.fromtimestamp(self.clock.time(), UTC),
+            )
+        )
+        with contextlib.suppress(LeaseLost):
+            await self.consumer.nack(task, requeue=False, reason=reason)
+
+    async def _record_reject(self, rejected: Rejected) -> None:
+        try:
+            await self._store(
+                TaskResult(
+                    task_id=rejected.task_id,
+                    func_name="<undecodable>",
+                    success=False,
+                    error=rejected.reason,
+                    error_type="looplane.errors.SerializationError",
+                    attempt=rejected.attempt,
+                    max_retries=rejected.max_attempts - 1,
+                    finished_at=datetime.fromtimestamp(self.clock.time(), UTC),
+                )
+            )
+        except LooplaneError:
+            logger.exception("could not record rejected task task_id=%s", rejected.task_id)
+
+    # Leases -------------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            interval = self.consumer.renew_interval_s
+            if interval is None:
+                return
+            await self.clock.sleep(min(interval, _MAX_RENEW_INTERVAL_S))
+            running = [r.task for r in self._running.values() if r.recording is None]
+            if not running:
+                continue
+            try:
+                lost = await self.consumer.renew(running)
+            except LooplaneError:
+                logger.warning("lease renewal failed; retrying", exc_info=True)
+                continue
+            for task in lost:
+                self._interrupt(task.id, "lease_lost")
+
+    def _interrupt(self, task_id: str, reason: Interruption) -> None:
+        running = self._running.get(task_id)
+        if running is None or running.recording is not None:
+            return
+        running.interrupted = reason
+        running.runner.cancel()
+
+    # Stopping -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        assert self._fetcher is not None
+        self._fetcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._fetcher
+        await self._drain()
+        if self._recordings:
+            await asyncio.wait(self._recordings, timeout=_REQUEUE_DEADLINE_S)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("orchestrator stopped finished=%d", self.finished)
+
+    async def _drain(self) -> None:
+        pending = {r.runner for r in self._running.values()}
+        if pending and not self._force.is_set():
+            logger.info("waiting for %d running tasks grace_s=%.1f", len(pending), self.grace_s)
+            await self._wait_unless_forced(pending, self.grace_s)
+        left = [r for r in self._running.values() if not r.runner.done()]
+        if not left:
+            return
+        logger.warning("interrupting %d running tasks", len(left))
+        for running in left:
+            self._interrupt(running.task.id, "shutdown")
+        _, stuck = await asyncio.wait({r.runner for r in left}, timeout=_CANCEL_DEADLINE_S)
+        for running in left:
+            if running.runner in stuck:
+                task_log(logger, running.task).warning(
+                    "ignored cancellation; left leased, it will run again after its lease"
+                )
+
+    async def _wait_unless_forced(self, runners: set[asyncio.Task[None]], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        forced = asyncio.ensure_future(self._force.wait())
+        try:
+            while runners and not forced.done() and loop.time() < deadline:
+                await asyncio.wait(
+                    [*runners, forced],
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                runners = {r for r in runners if not r.done()}
+        finally:
+            forced.cancel()
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break recording
+        message = "<exception message could not be read>"
+    return f"{_codec.type_name(exc)}: {message}" if message else _codec.type_name(exc)
+
+
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - a broken exception must not break recording
+        return _describe(exc)

@@ -1,0 +1,132 @@
+"""The result interface: the outcome of every attempt, kept for a time to live.
+
+Results expire: a worker that runs for months must not grow its result store without bound
+(https://github.com/celery/celery/issues/75). The default time to live is one day; keeping
+results forever takes an explicit ``ttl_s=None``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from looplane import _codec
+from looplane.errors import SerializationError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from types import TracebackType
+
+__all__ = ["DEFAULT_RESULT_TTL_S", "ResultBackend", "TaskResult"]
+
+DEFAULT_RESULT_TTL_S = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of one attempt of a task.
+
+    `attempt` counts from 1; ``max_retries`` is the number of retries the task was allowed
+    after its first attempt. `will_retry` is True when another attempt follows this failed
+    one, so the latest result with ``will_retry=False`` is the task's final outcome.
+    `duration` is in seconds; the timestamps are timezone-aware UTC.
+    """
+
+    task_id: str
+    func_name: str
+    success: bool
+    value: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    attempt: int = 1
+    max_retries: int = 0
+    will_retry: bool = False
+    duration: float = 0.0
+    fetched_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_retry(self) -> bool:
+        """True for the second attempt and later."""
+        return self.attempt > 1
+
+    @property
+    def is_final(self) -> bool:
+        """True when no further attempt follows this one."""
+        return not self.will_retry
+
+    def to_bytes(self) -> bytes:
+        """Encode the result for storage.
+
+        Raises:
+            SerializationError: `value` holds a type the codec cannot encode.
+        """
+        return _codec.dumps(asdict(self), path="result")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaskResult:
+        """Decode a result written by `to_bytes`.
+
+        Raises:
+            SerializationError: The bytes are not an encoded result.
+        """
+        fields = _codec.loads(data)
+        if not isinstance(fields, dict):
+            raise SerializationError("stored result is not an object")
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise SerializationError(f"stored result has bad fields: {exc}") from None
+
+
+class ResultBackend(ABC):
+    """Stores a `TaskResult` for every attempt and answers for it until it expires."""
+
+    name: str = "results"
+
+    @abstractmethod
+    async def store(self, result: TaskResult) -> None:
+        """Keep `result` for the backend's time to live.
+
+        Raises:
+            SerializationError: The result's value cannot be encoded; nothing is stored.
+        """
+
+    @abstractmethod
+    async def results(self, *, limit: int | None = None) -> list[TaskResult]:
+        """Every unexpired result, newest first (at most `limit`)."""
+
+    @abstractmethod
+    async def get(self, task_id: str) -> TaskResult | None:
+        """The latest result of the task, or None if there is none (yet, or any more)."""
+
+    @abstractmethod
+    async def attempts(self, task_id: str) -> list[TaskResult]:
+        """Every unexpired result of the task, first attempt first."""
+
+    @abstractmethod
+    async def wait(self, task_id: str, *, timeout: float = 30.0) -> TaskResult:
+        """Wait for the task's final result (one with ``will_retry=False``) and return it.
+
+        A result that is already stored returns at once. Cancelling the wait is safe.
+
+        Raises:
+            TaskTimeout: No final result arrived within `timeout` seconds.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - backends without resources need nothing
+        """Release the backend's resources."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
