@@ -1,9 +1,10 @@
 """Clocks. Components take a `Clock` so tests can drive time instead of sleeping.
 
-Leases are measured on the machine's boot clock (``CLOCK_BOOTTIME``): every process on the
-host shares it, and it never jumps when NTP or a user sets the wall clock. Delays before a
-retry are stored as wall-clock times, because they must survive a reboot, where boot time
-starts again from zero.
+Leases and retry delays are measured on the machine's boot clock (``CLOCK_BOOTTIME``): every
+process on the host shares it, and it never jumps when NTP or a user sets the wall clock
+(https://github.com/python-arq/arq/pull/185 shows what wall-clock delays get wrong). Storage
+that outlives a reboot notices the new boot id and treats old leases as expired and old delays
+as due. Timestamps shown to users (results, dead letters) are wall-clock.
 """
 
 from __future__ import annotations

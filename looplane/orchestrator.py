@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -264,7 +265,7 @@ class Orchestrator:
 
     async def _finish_success(self, attempt: _Attempt, value: Any) -> None:
         task = attempt.task
-        if asyncio.iscoroutine(value):
+        if inspect.iscoroutine(value):
             value.close()
             await self._finish_failure(
                 attempt,

@@ -8,7 +8,7 @@ results forever takes an explicit ``ttl_s=None``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Self
 
 from looplane import _codec
@@ -64,7 +64,10 @@ class TaskResult:
         Raises:
             SerializationError: `value` holds a type the codec cannot encode.
         """
-        return _codec.dumps(asdict(self), path="result")
+        # Not dataclasses.asdict: it deep-copies the value, which fails on the very values
+        # (generators, locks) that must turn into a clear SerializationError here.
+        record = {field.name: getattr(self, field.name) for field in fields(self)}
+        return _codec.dumps(record, path="result")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskResult:
@@ -73,11 +76,11 @@ class TaskResult:
         Raises:
             SerializationError: The bytes are not an encoded result.
         """
-        fields = _codec.loads(data)
-        if not isinstance(fields, dict):
+        record = _codec.loads(data)
+        if not isinstance(record, dict):
             raise SerializationError("stored result is not an object")
         try:
-            return cls(**fields)
+            return cls(**record)
         except TypeError as exc:
             raise SerializationError(f"stored result has bad fields: {exc}") from None
 

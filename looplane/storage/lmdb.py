@@ -10,15 +10,16 @@ jobs        task id (16 bytes)                      small mutable header (`_Head
 payloads    task id                                 encoded task, written once
 ready       queue id u32, 255-priority u8, seq u64  task id
 leases      expiry ms u64 (boot clock), task id     empty
-delayed     due ms u64 (wall clock), seq u64        task id
+delayed     due ms u64 (boot clock), seq u64        task id
 dead        queue id u32, failed ms u64, task id    reason (UTF-8)
 meta        b"seq", b"q/<name>", b"boot_id"         counters, queue ids, boot id
 ==========  ======================================  =====================================
 
 Taking the next task is a range lookup on `ready`; finding expired leases and due delays reads
 only from the front of `leases` and `delayed`, so no operation scans the whole queue. Leases
-run on the boot clock, which all processes share and which never jumps; a changed boot id
-means every lease holder died with the machine, so all leases are treated as expired.
+and retry delays run on the boot clock, which all processes share and which never jumps when
+the wall clock is set. A changed boot id means the machine restarted: every lease holder died
+with it, so all leases are treated as expired and all delays as due.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class _Header:
     lease_ms: int
     enqueued_ms: int
     due_ms: int
-    """Lease expiry (boot clock) when leased, due time (wall clock) when delayed, time of
+    """Lease expiry (boot clock) when leased, due time (boot clock) when delayed, time of
     death (wall clock) when dead."""
     token: bytes
 
@@ -186,6 +187,7 @@ class LMDBStorage(StorageBackend):
         boot = _boot_id()
         if txn.get(b"boot_id", db=meta) not in (None, boot):
             self._expire_all_leases(txn)
+            self._make_all_delays_due(txn)
         txn.put(b"boot_id", boot, db=meta)
         self._boot_checked = True
 
@@ -197,6 +199,17 @@ class LMDBStorage(StorageBackend):
             txn.delete(key, db=dbs["leases"])
             task_key = key[8:]
             txn.put(_TIMED_KEY.pack(0, task_key), b"", db=dbs["leases"])
+            header = _Header.unpack(txn.get(task_key, db=dbs["jobs"]))
+            header.due_ms = 0
+            txn.put(task_key, header.pack(), db=dbs["jobs"])
+
+    def _make_all_delays_due(self, txn: Txn) -> None:
+        dbs = self.env.dbs
+        cursor = txn.cursor(db=dbs["delayed"])
+        for key, task_key in list(cursor.iternext()):
+            txn.delete(key, db=dbs["delayed"])
+            seq = _DELAY_KEY.unpack(key)[1]
+            txn.put(_DELAY_KEY.pack(0, seq), task_key, db=dbs["delayed"])
             header = _Header.unpack(txn.get(task_key, db=dbs["jobs"]))
             header.due_ms = 0
             txn.put(task_key, header.pack(), db=dbs["jobs"])
@@ -285,7 +298,7 @@ class LMDBStorage(StorageBackend):
             txn.put(key, task.payload, db=dbs["payloads"])
             if task.delay_s > 0:
                 header.state = TaskState.DELAYED
-                header.due_ms = now_ms + _ms(task.delay_s)
+                header.due_ms = _ms(self.clock.monotonic() + task.delay_s)
                 txn.put(_DELAY_KEY.pack(header.due_ms, header.seq), key, db=dbs["delayed"])
                 txn.put(key, header.pack(), db=dbs["jobs"])
             else:
@@ -307,7 +320,7 @@ class LMDBStorage(StorageBackend):
 
     def _promote_due(self, txn: Txn) -> None:
         dbs = self.env.dbs
-        now_ms = _ms(self.clock.time())
+        now_ms = _ms(self.clock.monotonic())
         cursor = txn.cursor(db=dbs["delayed"])
         moved = 0
         while cursor.first() and moved < _MAX_MAINTENANCE:
@@ -373,7 +386,7 @@ class LMDBStorage(StorageBackend):
         waits = [float("inf")]
         cursor = txn.cursor(db=dbs["delayed"])
         if cursor.first():
-            waits.append(_DELAY_KEY.unpack(cursor.key())[0] / 1000 - self.clock.time())
+            waits.append(_DELAY_KEY.unpack(cursor.key())[0] / 1000 - self.clock.monotonic())
         cursor = txn.cursor(db=dbs["leases"])
         if cursor.first():
             waits.append(_TIMED_KEY.unpack(cursor.key())[0] / 1000 - self.clock.monotonic())
@@ -426,7 +439,7 @@ class LMDBStorage(StorageBackend):
             return True
         header.state = TaskState.DELAYED
         header.token = bytes(16)
-        header.due_ms = _ms(self.clock.time() + delay_s)
+        header.due_ms = _ms(self.clock.monotonic() + delay_s)
         txn.put(_DELAY_KEY.pack(header.due_ms, header.seq), key, db=self.env.dbs["delayed"])
         txn.put(key, header.pack(), db=self.env.dbs["jobs"])
         return True

@@ -45,7 +45,7 @@ class _Entry:
     attempts: int = 0
     token: bytes = b""
     due: float = 0.0
-    """Lease expiry (boot clock) while leased; wall-clock ETA while delayed."""
+    """Lease expiry while leased, due time while delayed (both on the boot clock)."""
     reason: str = ""
     failed_at: float = 0.0
 
@@ -78,7 +78,7 @@ class InMemoryStorage(StorageBackend):
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Store `tasks`; see `StorageBackend.enqueue`."""
         self._check_open()
-        now = self.clock.time()
+        now = self.clock.monotonic()
         for new in tasks:
             entry = _Entry(
                 task_id=new.task_id,
@@ -141,7 +141,7 @@ class InMemoryStorage(StorageBackend):
         return claims
 
     def _promote_due(self) -> None:
-        now = self.clock.time()
+        now = self.clock.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
             eta, _, task_id = heapq.heappop(self._delayed)
             entry = self._entries.get(task_id)
@@ -204,7 +204,7 @@ class InMemoryStorage(StorageBackend):
         if not count_attempt:
             entry.attempts -= 1
         if delay_s > 0:
-            self._delay(entry, self.clock.time() + delay_s)
+            self._delay(entry, self.clock.monotonic() + delay_s)
         else:
             self._make_ready(entry)
         self._ring()
@@ -233,7 +233,7 @@ class InMemoryStorage(StorageBackend):
         """Seconds until the earliest delayed task falls due or lease runs out (inf if none)."""
         waits = [float("inf")]
         if self._delayed:
-            waits.append(self._delayed[0][0] - self.clock.time())
+            waits.append(self._delayed[0][0] - self.clock.monotonic())
         if self._leases:
             waits.append(self._leases[0][0] - self.clock.monotonic())
         return max(min(waits), 0.0)

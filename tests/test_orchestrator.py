@@ -1,0 +1,657 @@
+"""The orchestrator on both storages: limits, retries, timeouts, stops and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from looplane import Cancel, Retry, current_task
+from looplane._clock import FakeClock
+from looplane.broker import StorageConsumer, StorageProducer
+from looplane.errors import TaskTimeout
+from looplane.orchestrator import Orchestrator
+from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
+from looplane.storage import InMemoryStorage, LMDBStorage, NewTask, StorageBackend
+from looplane.task import Task, register_task, registry
+
+
+@dataclass
+class Rig:
+    storage: StorageBackend
+    results: ResultBackend
+    producer: StorageProducer
+    clock: FakeClock | None = None
+
+    def orchestrator(self, concurrency: int = 10, **options: Any) -> Orchestrator:
+        consumer = StorageConsumer(self.storage)
+        return Orchestrator(consumer, self.results, concurrency, **options)
+
+    async def outcome(self, task: Task, timeout: float = 10.0) -> TaskResult:
+        return await self.results.wait(task.id, timeout=timeout)
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    storage: StorageBackend
+    results: ResultBackend
+    if request.param == "memory":
+        storage, results = InMemoryStorage(), InMemoryResultBackend()
+    else:
+        storage, results = LMDBStorage(tmp_path / "db"), LMDBResultBackend(tmp_path / "db")
+    yield Rig(storage, results, StorageProducer(storage))
+    await storage.close()
+    await results.close()
+
+
+@pytest.fixture
+def tasks() -> Iterator[Callable[..., Any]]:
+    """Registers task functions for one test and removes them afterwards."""
+    names: list[str] = []
+
+    def register(func: Callable[..., Any] | None = None, **options: Any) -> Any:
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            options.setdefault("name", f"test.{fn.__name__}")
+            names.append(options["name"])
+            return register_task(**options)(fn)
+
+        return decorate(func) if func is not None else decorate
+
+    yield register
+    for name in names:
+        registry.remove(name)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Wait, yielding to the loop, until `predicate()` is true; fail with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def until_async(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Wait until the coroutine `probe()` returns something truthy, and return it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (seen := await probe()):
+        assert asyncio.get_running_loop().time() < deadline, f"last seen: {seen!r}"
+        await asyncio.sleep(0.005)
+    return seen
+
+
+async def run_until(orchestrator: Orchestrator, awaitable: Any) -> Any:
+    await orchestrator.start()
+    try:
+        return await awaitable
+    finally:
+        await orchestrator.stop()
+
+
+async def test_orchestrator_runs_quickstart_tasks(rig: Rig, tasks: Any) -> None:
+    @tasks
+    async def greet(name: str) -> str:
+        return f"Hello, {name}!"
+
+    sent = [await rig.producer.send(greet, who, retries=3) for who in ("Alice", "Bob")]
+    orchestrator = rig.orchestrator(5)
+    await run_until(orchestrator, asyncio.gather(*(rig.outcome(t) for t in sent)))
+
+    listed = await rig.results.results()
+    assert [(r.func_name, r.value) for r in listed] == [
+        ("test.greet", "Hello, Bob!"),
+        ("test.greet", "Hello, Alice!"),
+    ]
+    assert all(r.success and r.attempt == 1 and r.max_retries == 3 for r in listed)
+
+
+async def test_orchestrator_never_exceeds_max_concurrent_tasks(rig: Rig, tasks: Any) -> None:
+    release = asyncio.Event()
+    running: list[int] = []
+    peak = 0
+
+    @tasks
+    async def hold() -> None:
+        nonlocal peak
+        running.append(1)
+        peak = max(peak, len(running))
+        await release.wait()
+        running.pop()
+
+    sent = await rig.producer.send_batch([(hold, (), {}) for _ in range(12)])
+    orchestrator = rig.orchestrator(3)
+    await orchestrator.start()
+    await until(lambda: len(running) == 3)
+    counts = await rig.storage.counts()
+    assert (orchestrator.active_tasks, orchestrator.capacity) == (3, 0)
+    assert (counts.leased, counts.ready) == (3, 9)
+
+    release.set()
+    await asyncio.gather(*(rig.outcome(t) for t in sent))
+    await orchestrator.stop()
+    assert peak == 3
+
+
+async def test_pf05_retries_give_exactly_retries_plus_one_attempts(rig: Rig, tasks: Any) -> None:
+    seen: list[tuple[int, bool]] = []
+
+    @tasks(backoff="none")
+    async def always_fail() -> None:
+        context = current_task()
+        seen.append((context.attempt, context.is_last_attempt))
+        raise ValueError("nope")
+
+    task = await rig.producer.send(always_fail, retries=3)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+
+    assert seen == [(1, False), (2, False), (3, False), (4, True)]
+    attempts = await rig.results.attempts(task.id)
+    assert [r.attempt for r in attempts] == [1, 2, 3, 4]
+    assert [r.is_retry for r in attempts] == [False, True, True, True]
+    assert {r.max_retries for r in attempts} == {3}
+    assert [r.will_retry for r in attempts] == [True, True, True, False]
+    assert not final.success
+    assert final.attempt == final.max_retries + 1
+    assert final.error == "ValueError: nope"
+    assert final.error_type == "ValueError"
+    assert "raise ValueError" in (final.traceback or "")
+    dead = await rig.storage.dead_tasks()
+    assert [d.task_id for d in dead] == [task.id]
+    assert "failed on attempt 4 of 4" in dead[0].reason
+
+
+async def test_pf05_fail_twice_then_succeed_ends_on_attempt_three(rig: Rig, tasks: Any) -> None:
+    @tasks(backoff="none")
+    async def flaky() -> str:
+        if current_task().attempt < 3:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    task = await rig.producer.send(flaky, retries=3)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+
+    assert (final.success, final.value, final.attempt) == (True, "ok", 3)
+    assert len(await rig.results.attempts(task.id)) == 3
+    assert (await rig.storage.counts()).dead == 0
+
+
+async def test_pf05_retries_one_gives_two_attempts(rig: Rig, tasks: Any) -> None:
+    @tasks(backoff="none")
+    async def fails() -> None:
+        raise ValueError("x")
+
+    task = await rig.producer.send(fails, retries=1)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert [r.attempt for r in await rig.results.attempts(task.id)] == [1, 2]
+    assert final.attempt == 2
+
+
+async def test_orchestrator_retry_waits_in_storage_for_its_backoff(
+    tmp_path: Path, tasks: Any
+) -> None:
+    clock = FakeClock()
+    storage = LMDBStorage(tmp_path / "db", clock=clock)
+    results = LMDBResultBackend(tmp_path / "db")
+    calls = 0
+
+    @tasks(backoff="fixed")
+    async def once_broken() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first")
+        return calls
+
+    task = await StorageProducer(storage).send(once_broken, retries=1)
+    orchestrator = Orchestrator(StorageConsumer(storage, clock=clock), results, 2)
+    await orchestrator.start()
+    await until(lambda: calls == 1)
+    await until_async(lambda: results.get(task.id))
+    counts = await storage.counts()
+    assert (counts.delayed, counts.ready, calls) == (1, 0, 1)
+
+    clock.advance(1.1)
+    final = await results.wait(task.id, timeout=10)
+    await orchestrator.stop()
+    await storage.close()
+    await results.close()
+    assert (final.success, final.value, final.attempt) == (True, 2, 2)
+
+
+async def test_pf14_timeout_is_reported_as_timeout_and_retried(rig: Rig, tasks: Any) -> None:
+    cleanups = 0
+
+    @tasks(backoff="none")
+    async def too_slow() -> None:
+        nonlocal cleanups
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleanups += 1
+
+    task = await rig.producer.send(too_slow, retries=1, timeout=0.2)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+
+    assert cleanups == 2
+    assert not final.success
+    assert final.attempt == 2
+    assert final.error == "looplane.errors.TaskTimeout: attempt timed out after 0.2s"
+    assert final.duration >= 0.2
+
+
+async def test_orchestrator_timeout_stops_waiting_for_sync_task(rig: Rig, tasks: Any) -> None:
+    done = threading.Event()
+
+    @tasks
+    def blocks() -> None:
+        done.wait(5)
+
+    task = await rig.producer.send(blocks, retries=0, timeout=0.2)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    done.set()
+    assert final.error is not None
+    assert "timed out after 0.2s" in final.error
+
+
+async def test_orchestrator_user_timeout_error_is_not_a_task_timeout(rig: Rig, tasks: Any) -> None:
+    @tasks
+    async def raises_timeout() -> None:
+        raise TimeoutError("upstream")
+
+    task = await rig.producer.send(raises_timeout, retries=0, timeout=5)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert final.error == "TimeoutError: upstream"
+
+
+async def test_orchestrator_runs_sync_tasks_in_threads_with_context(rig: Rig, tasks: Any) -> None:
+    loop_thread = threading.get_ident()
+
+    @tasks
+    def add(a: int, b: int) -> tuple[int, bool, int]:
+        return a + b, threading.get_ident() != loop_thread, current_task().attempt
+
+    task = await rig.producer.send(add, 2, 3)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert final.value == (5, True, 1)
+
+
+async def test_orchestrator_sync_task_does_not_block_the_loop(rig: Rig, tasks: Any) -> None:
+    started = threading.Event()
+    finish = threading.Event()
+
+    @tasks
+    def blocking() -> str:
+        started.set()
+        finish.wait(5)
+        return "done"
+
+    task = await rig.producer.send(blocking)
+    orchestrator = rig.orchestrator()
+    await orchestrator.start()
+    await until(started.is_set)
+    ticks = 0
+    for _ in range(5):
+        await asyncio.sleep(0)
+        ticks += 1
+    finish.set()
+    final = await rig.outcome(task)
+    await orchestrator.stop()
+    assert (ticks, final.value) == (5, "done")
+
+
+async def test_orchestrator_retry_and_cancel_signals_steer_attempts(rig: Rig, tasks: Any) -> None:
+    @tasks
+    async def asks_retry() -> str:
+        if current_task().attempt == 1:
+            raise Retry("later", delay_s=0)
+        return "second"
+
+    @tasks
+    async def gives_up() -> None:
+        raise Cancel("pointless")
+
+    retried = await rig.producer.send(asks_retry, retries=2)
+    cancelled = await rig.producer.send(gives_up, retries=5)
+    orchestrator = rig.orchestrator()
+    done = await run_until(
+        orchestrator, asyncio.gather(rig.outcome(retried), rig.outcome(cancelled))
+    )
+    assert (done[0].value, done[0].attempt) == ("second", 2)
+    assert (done[1].success, done[1].attempt, done[1].error) == (
+        False,
+        1,
+        "looplane.errors.Cancel: pointless",
+    )
+
+
+class NeedsKeywords(Exception):
+    def __init__(self, *, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+class HoldsLock(Exception):
+    def __init__(self) -> None:
+        super().__init__("has a lock")
+        self.lock = threading.Lock()
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def raise_chained() -> None:
+    try:
+        raise NeedsKeywords(code=1, detail="inner")
+    except NeedsKeywords as inner:
+        raise ValueError("outer") from inner
+
+
+@pytest.mark.parametrize(
+    ("raiser", "expected"),
+    [
+        pytest.param(
+            lambda: (_ for _ in ()).throw(NeedsKeywords(code=7, detail="x")),
+            "NeedsKeywords: 7: x",
+            id="keyword-only-init",
+        ),
+        pytest.param(
+            lambda: (_ for _ in ()).throw(HoldsLock()),
+            "HoldsLock: has a lock",
+            id="unpicklable-attribute",
+        ),
+        pytest.param(
+            lambda: (_ for _ in ()).throw(ValueError("Привет 🎉 \udcff")),
+            "ValueError: Привет 🎉 \udcff",
+            id="non-ascii-and-surrogate",
+        ),
+        pytest.param(raise_chained, "ValueError: outer", id="chained"),
+        pytest.param(
+            lambda: (_ for _ in ()).throw(BrokenStr()),
+            "BrokenStr: <exception message could not be read>",
+            id="broken-str",
+        ),
+    ],
+)
+async def test_pf08_unencodable_exceptions_are_stored_as_text(
+    rig: Rig, tasks: Any, raiser: Callable[[], None], expected: str
+) -> None:
+    @tasks(backoff="none")
+    async def explodes() -> None:
+        raiser()
+
+    @tasks
+    async def next_one() -> str:
+        return "still alive"
+
+    task = await rig.producer.send(explodes, retries=1)
+    after = await rig.producer.send(next_one)
+    final, alive = await run_until(
+        rig.orchestrator(), asyncio.gather(rig.outcome(task), rig.outcome(after))
+    )
+    assert not final.success
+    assert final.attempt == 2
+    assert final.error is not None
+    assert final.error.endswith(expected)
+    assert alive.value == "still alive"
+
+
+@pytest.mark.parametrize(
+    ("make", "type_name"),
+    [
+        pytest.param(object, "object", id="object"),
+        pytest.param(lambda: (i for i in ()), "generator", id="generator"),
+        pytest.param(lambda: {1, 2}, "set", id="set"),
+    ],
+)
+async def test_pf09_unencodable_return_value_is_a_prompt_failure(
+    rig: Rig, tasks: Any, make: Callable[[], Any], type_name: str
+) -> None:
+    runs = 0
+
+    @tasks
+    async def returns_odd() -> Any:
+        nonlocal runs
+        runs += 1
+        return make()
+
+    task = await rig.producer.send(returns_odd, retries=3)
+    final = await run_until(rig.orchestrator(), rig.outcome(task, timeout=5))
+    assert not final.success
+    assert final.error is not None
+    assert f"type {type_name}" in final.error
+    assert (runs, final.attempt, final.will_retry) == (1, 1, False)
+
+
+async def test_pf09_missing_await_is_reported(rig: Rig, tasks: Any) -> None:
+    async def inner() -> int:
+        return 1
+
+    @tasks
+    async def forgets_await() -> Any:
+        return inner()
+
+    task = await rig.producer.send(forgets_await)
+    final = await run_until(rig.orchestrator(), rig.outcome(task, timeout=5))
+    assert final.error is not None
+    assert "coroutine" in final.error
+
+
+async def test_pf18_unknown_and_corrupt_tasks_are_set_aside(rig: Rig, tasks: Any) -> None:
+    @tasks
+    async def fine() -> str:
+        return "fine"
+
+    unknown = await rig.producer.send("myapp.tasks.new_task")
+    raw = [
+        NewTask(task_id=f"{i:032x}", payload=payload, max_attempts=4)
+        for i, payload in enumerate(
+            [
+                b'{"v":1,"name":""}',
+                b'{"v":1,"name":null}',
+                b"\xff\xfe not utf-8",
+                b'{"v":1,"id":"x","name":"' + b"n" * 10_000 + b'"}',
+            ],
+            start=1,
+        )
+    ]
+    await rig.storage.enqueue(raw)
+    good = await rig.producer.send(fine)
+
+    orchestrator = rig.orchestrator(2)
+    results = await run_until(
+        orchestrator,
+        asyncio.gather(
+            rig.outcome(good), rig.outcome(unknown), *(rig.results.wait(r.task_id) for r in raw)
+        ),
+    )
+
+    assert results[0].value == "fine"
+    assert results[1].error == "unknown task 'myapp.tasks.new_task': no loaded module registered it"
+    assert all(not r.success and "undecodable payload" in (r.error or "") for r in results[2:])
+    dead = {d.task_id: d.reason for d in await rig.storage.dead_tasks()}
+    assert set(dead) == {unknown.id, *(r.task_id for r in raw)}
+    assert (await rig.storage.counts()).ready == 0
+
+
+async def test_pf07_shutdown_interruptions_do_not_use_up_retries(rig: Rig, tasks: Any) -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+    cleanups = 0
+
+    @tasks
+    async def long_running() -> str:
+        nonlocal cleanups
+        started.set()
+        try:
+            await finish.wait()
+        finally:
+            cleanups += 1
+        return "made it"
+
+    task = await rig.producer.send(long_running, retries=1)
+    for _ in range(3):
+        orchestrator = rig.orchestrator()
+        await orchestrator.start()
+        await started.wait()
+        started.clear()
+        await orchestrator.stop(wait=False)
+        assert (await rig.storage.counts()).ready == 1
+        assert await rig.results.get(task.id) is None
+
+    finish.set()
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert (final.success, final.value, final.attempt) == (True, "made it", 1)
+    assert cleanups == 4
+
+
+async def test_pf15_graceful_stop_finishes_running_and_keeps_the_rest(rig: Rig, tasks: Any) -> None:
+    started: list[int] = []
+    gate = asyncio.Event()
+
+    @tasks
+    async def step(n: int) -> int:
+        started.append(n)
+        await gate.wait()
+        return n
+
+    sent = await rig.producer.send_batch([(step, (n,), {}) for n in range(10)])
+    orchestrator = rig.orchestrator(3)
+    await orchestrator.start()
+    await until(lambda: len(started) == 3)
+    stopping = asyncio.create_task(orchestrator.stop(wait=True))
+    await until(lambda: not orchestrator.is_running)
+    gate.set()
+    await stopping
+
+    assert started == [0, 1, 2]
+    finished = [await rig.results.get(t.id) for t in sent]
+    assert [r.value for r in finished if r is not None] == [0, 1, 2]
+    assert (await rig.storage.counts()).ready == 7
+
+
+async def test_pf16_stop_is_idempotent_and_bounded(rig: Rig, tasks: Any) -> None:
+    ignored = 0
+
+    @tasks
+    async def stubborn() -> None:
+        nonlocal ignored
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                ignored += 1
+                if ignored > 1:
+                    raise
+
+    task = await rig.producer.send(stubborn)
+    orchestrator = rig.orchestrator(grace_s=0.1)
+    await orchestrator.start()
+    await until(lambda: orchestrator.active_tasks == 1)
+    await asyncio.gather(orchestrator.stop(), orchestrator.stop())
+    assert ignored >= 1
+    assert await rig.results.get(task.id) is None
+
+
+async def test_pf16_cancelled_task_runs_finally_and_is_requeued(rig: Rig, tasks: Any) -> None:
+    cleanup: list[str] = []
+    started = asyncio.Event()
+
+    @tasks
+    async def cleans_up() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            cleanup.append("cleanup")
+
+    await rig.producer.send(cleans_up)
+    orchestrator = rig.orchestrator()
+    await orchestrator.start()
+    await started.wait()
+    await orchestrator.stop(wait=False)
+    counts = await rig.storage.counts()
+    assert cleanup == ["cleanup"]
+    assert (counts.ready, counts.leased, counts.dead) == (1, 0, 0)
+
+
+async def test_pf28_wait_for_unknown_task_times_out_with_its_id(rig: Rig) -> None:
+    with pytest.raises(TaskTimeout, match=r"deadbeef"):
+        await rig.results.wait("deadbeef" * 4, timeout=0.1)
+
+
+async def test_orchestrator_renews_leases_of_long_tasks(tmp_path: Path, tasks: Any) -> None:
+    storage = LMDBStorage(tmp_path / "db", lease_s=0.3)
+    results = LMDBResultBackend(tmp_path / "db")
+    other = StorageConsumer(storage)
+
+    @tasks
+    async def slow() -> int:
+        await asyncio.sleep(1.2)
+        return current_task().attempt
+
+    task = await StorageProducer(storage).send(slow)
+    orchestrator = Orchestrator(StorageConsumer(storage), results, 2)
+    await orchestrator.start()
+    await until(lambda: orchestrator.active_tasks == 1)
+    stolen = await other.receive(timeout=1.0)
+    final = await results.wait(task.id, timeout=10)
+    await orchestrator.stop()
+    await other.close()
+    await storage.close()
+    await results.close()
+    assert stolen is None
+    assert (final.success, final.value) == (True, 1)
+
+
+async def test_orchestrator_cancels_task_whose_lease_was_lost(tasks: Any) -> None:
+    clock = FakeClock()
+    storage = InMemoryStorage(lease_s=10, clock=clock)
+    results = InMemoryResultBackend()
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    @tasks
+    async def victim() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await StorageProducer(storage).send(victim)
+    orchestrator = Orchestrator(StorageConsumer(storage, clock=clock), results, 1)
+    await orchestrator.start()
+    await started.wait()
+    clock.advance(11)
+    thief = StorageConsumer(storage, clock=clock)
+    stolen = await thief.receive(timeout=0)
+    await asyncio.wait_for(cancelled.wait(), timeout=10)
+    await orchestrator.stop()
+    assert stolen is not None
+    assert stolen.attempt == 2
+    assert orchestrator.active_tasks == 0
+    await thief.close()
+
+
+async def test_orchestrator_time_in_results_is_consistent(rig: Rig, tasks: Any) -> None:
+    @tasks
+    async def quick() -> None:
+        await asyncio.sleep(0.01)
+
+    task = await rig.producer.send(quick)
+    before = time.time()
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert final.fetched_at is not None
+    assert final.started_at is not None
+    assert final.finished_at is not None
+    assert final.fetched_at <= final.started_at <= final.finished_at
+    assert final.finished_at.timestamp() >= before
+    assert final.duration >= 0.01
