@@ -68,7 +68,7 @@ class _Running:
     task: Task
     runner: asyncio.Task[None]
     interrupted: Interruption | None = None
-    recording: asyncio.Future[None] | None = None
+    recording: bool = False
 
 
 @dataclass(slots=True)
@@ -116,7 +116,6 @@ class Orchestrator:
         self._stopping: asyncio.Task[None] | None = None
         self._force = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
-        self._recordings: set[asyncio.Future[None]] = set()
         self.finished = 0
 
     @property
@@ -253,15 +252,13 @@ class Orchestrator:
             ) from None
 
     async def _record(self, task: Task, step: Awaitable[None]) -> None:
-        # Once the attempt is over, recording and acking must finish even if the runner is
-        # cancelled now: half-recorded outcomes are what leaves tasks stuck or lost.
-        recording = asyncio.ensure_future(step)
-        self._recordings.add(recording)
-        recording.add_done_callback(self._recordings.discard)
+        # Once the attempt is over, recording and acking run to the end: the orchestrator
+        # never interrupts a task in this step, because a half-recorded outcome is what
+        # leaves tasks stuck or lost.
         running = self._running.get(task.id)
         if running is not None:
-            running.recording = recording
-        await asyncio.shield(recording)
+            running.recording = True
+        await step
 
     async def _finish_success(self, attempt: _Attempt, value: Any) -> None:
         task = attempt.task
@@ -451,7 +448,7 @@ class Orchestrator:
             if interval is None:
                 return
             await self.clock.sleep(min(interval, _MAX_RENEW_INTERVAL_S))
-            running = [r.task for r in self._running.values() if r.recording is None]
+            running = [r.task for r in self._running.values()]
             if not running:
                 continue
             try:
@@ -464,7 +461,7 @@ class Orchestrator:
 
     def _interrupt(self, task_id: str, reason: Interruption) -> None:
         running = self._running.get(task_id)
-        if running is None or running.recording is not None:
+        if running is None or running.recording:
             return
         running.interrupted = reason
         running.runner.cancel()
@@ -477,8 +474,6 @@ class Orchestrator:
         with contextlib.suppress(asyncio.CancelledError):
             await self._fetcher
         await self._drain()
-        if self._recordings:
-            await asyncio.wait(self._recordings, timeout=_REQUEUE_DEADLINE_S)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

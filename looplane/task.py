@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import os
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -316,8 +318,16 @@ def _check_limits(retries: object, timeout: object) -> None:
 
 
 def new_task_id() -> str:
-    """A fresh random task id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh task id: 32 hex digits of a time-ordered UUID (version 7 layout).
+
+    The first 48 bits are the creation time in milliseconds and the other 74 free bits are
+    random. Ids sent close together sort close together, so storage that keys records by
+    task id touches a few B-tree pages per commit instead of one page per task.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return f"{value:032x}"
 
 
 @dataclass(slots=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,6 +18,10 @@ from looplane.orchestrator import Orchestrator
 from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
 from looplane.storage import InMemoryStorage, LMDBStorage, NewTask, StorageBackend
 from looplane.task import Task, register_task, registry
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
 
 
 @dataclass
@@ -329,27 +331,27 @@ async def test_orchestrator_retry_and_cancel_signals_steer_attempts(rig: Rig, ta
     )
 
 
-class NeedsKeywords(Exception):
+class KeywordsError(Exception):
     def __init__(self, *, code: int, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
 
 
-class HoldsLock(Exception):
+class LockHoldingError(Exception):
     def __init__(self) -> None:
         super().__init__("has a lock")
         self.lock = threading.Lock()
 
 
-class BrokenStr(Exception):
+class BrokenStrError(Exception):
     def __str__(self) -> str:
         raise RuntimeError("no str for you")
 
 
 def raise_chained() -> None:
     try:
-        raise NeedsKeywords(code=1, detail="inner")
-    except NeedsKeywords as inner:
+        raise KeywordsError(code=1, detail="inner")
+    except KeywordsError as inner:
         raise ValueError("outer") from inner
 
 
@@ -357,13 +359,13 @@ def raise_chained() -> None:
     ("raiser", "expected"),
     [
         pytest.param(
-            lambda: (_ for _ in ()).throw(NeedsKeywords(code=7, detail="x")),
-            "NeedsKeywords: 7: x",
+            lambda: (_ for _ in ()).throw(KeywordsError(code=7, detail="x")),
+            "KeywordsError: 7: x",
             id="keyword-only-init",
         ),
         pytest.param(
-            lambda: (_ for _ in ()).throw(HoldsLock()),
-            "HoldsLock: has a lock",
+            lambda: (_ for _ in ()).throw(LockHoldingError()),
+            "LockHoldingError: has a lock",
             id="unpicklable-attribute",
         ),
         pytest.param(
@@ -373,8 +375,8 @@ def raise_chained() -> None:
         ),
         pytest.param(raise_chained, "ValueError: outer", id="chained"),
         pytest.param(
-            lambda: (_ for _ in ()).throw(BrokenStr()),
-            "BrokenStr: <exception message could not be read>",
+            lambda: (_ for _ in ()).throw(BrokenStrError()),
+            "BrokenStrError: <exception message could not be read>",
             id="broken-str",
         ),
     ],
