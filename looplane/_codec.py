@@ -40,6 +40,10 @@ def type_name(value: object) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+class _UnsupportedError(Exception):
+    """Raised inside the fast walk; the slow walk then finds and names the culprit."""
+
+
 def encode(value: Any, path: str) -> Any:
     """Turn `value` into plain JSON types, tagging the extra ones.
 
@@ -47,42 +51,71 @@ def encode(value: Any, path: str) -> Any:
         SerializationError: `value` holds a type outside the supported set; the error
             names where (`path`) and the type.
     """
+    try:
+        return _fast(value)
+    except _UnsupportedError:
+        return _checked(value, path)
+
+
+def _fast(value: Any) -> Any:
+    # The hot path: no path strings are built, because almost every value is encodable.
+    kind = type(value)
+    if kind is str or kind is float or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value if value.bit_length() <= _MAX_PLAIN_INT_BITS else {TAG: "int", "v": hex(value)}
+    if kind is list:
+        return [_fast(item) for item in value]
+    if kind is dict:
+        if TAG not in value and all(type(key) is str for key in value):
+            return {key: _fast(item) for key, item in value.items()}
+        return {TAG: "dict", "v": [[_fast(key), _fast(item)] for key, item in value.items()]}
+    if kind is tuple:
+        return {TAG: "tuple", "v": [_fast(item) for item in value]}
+    scalar = _SCALARS.get(kind)
+    if scalar is None:
+        raise _UnsupportedError
+    return scalar(value)
+
+
+def _checked(value: Any, path: str) -> Any:
     kind = type(value)
     if kind is int and value.bit_length() > _MAX_PLAIN_INT_BITS:
         return {TAG: "int", "v": hex(value)}
     if kind in _PLAIN:
         return value
     if kind is list:
-        return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_checked(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if kind is dict:
         return _encode_dict(value, path)
     if kind is tuple:
-        return {TAG: "tuple", "v": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+        return {TAG: "tuple", "v": [_checked(item, f"{path}[{i}]") for i, item in enumerate(value)]}
     return _encode_scalar(value, path)
 
 
 def _encode_dict(value: dict[Any, Any], path: str) -> Any:
     if all(type(key) is str for key in value) and TAG not in value:
-        return {key: encode(item, f"{path}[{key!r}]") for key, item in value.items()}
+        return {key: _checked(item, f"{path}[{key!r}]") for key, item in value.items()}
     pairs = [
-        [encode(key, f"{path}<key {key!r}>"), encode(item, f"{path}[{key!r}]")]
+        [_checked(key, f"{path}<key {key!r}>"), _checked(item, f"{path}[{key!r}]")]
         for key, item in value.items()
     ]
     return {TAG: "dict", "v": pairs}
 
 
+_SCALARS: dict[type, Any] = {
+    datetime: lambda value: {TAG: "datetime", "v": value.isoformat()},
+    date: lambda value: {TAG: "date", "v": value.isoformat()},
+    uuid.UUID: lambda value: {TAG: "uuid", "v": str(value)},
+    Decimal: lambda value: {TAG: "decimal", "v": str(value)},
+    bytes: lambda value: {TAG: "bytes", "v": base64.b64encode(value).decode("ascii")},
+}
+
+
 def _encode_scalar(value: Any, path: str) -> Any:
-    kind = type(value)
-    if kind is datetime:
-        return {TAG: "datetime", "v": value.isoformat()}
-    if kind is date:
-        return {TAG: "date", "v": value.isoformat()}
-    if kind is uuid.UUID:
-        return {TAG: "uuid", "v": str(value)}
-    if kind is Decimal:
-        return {TAG: "decimal", "v": str(value)}
-    if kind is bytes:
-        return {TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    scalar = _SCALARS.get(type(value))
+    if scalar is not None:
+        return scalar(value)
     name = type_name(value)
     raise SerializationError(
         f"{path} has type {name}, which cannot be encoded (supported: JSON types, tuple, "

@@ -169,6 +169,8 @@ class LMDBEnv:
     def release(self) -> None:
         """Give back one reference; the last one closes the environment."""
         with LMDBEnv._lock:
+            if self.refs <= 0:
+                return
             self.refs -= 1
             if self.refs > 0 or self.pid != os.getpid():
                 return
@@ -213,6 +215,26 @@ class LMDBEnv:
         return await future
 
     def _write_loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        # Writes queued after the last release can no longer be served; answer them rather
+        # than leave their callers waiting forever.
+        closed = StorageUnavailable(f"LMDB environment at {self.path} is closed", backend="lmdb")
+        while True:
+            try:
+                op = self._ops.get_nowait()
+            except queue.Empty:
+                return
+            if op is not _STOP:
+                _, _, loop, future = op
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_answer, [(future, False, closed)])
+
+    def _serve(self) -> None:
         while True:
             first = self._ops.get()
             if first is _STOP:
@@ -250,7 +272,12 @@ class LMDBEnv:
             try:
                 return self._commit(batch)
             except lmdb.MapFullError:
-                self._grow()
+                # A map that cannot grow fails this batch's callers. Letting the error escape
+                # would end the writer thread and leave every caller of the batch waiting.
+                try:
+                    self._grow()
+                except StorageError as exc:
+                    return [(False, exc)] * len(batch)
             except lmdb.MapResizedError:
                 self._adopt_new_size()
             except lmdb.Error as exc:
@@ -266,6 +293,9 @@ class LMDBEnv:
                         outcomes.append((True, fn(child)))
                 except (lmdb.MapFullError, lmdb.MapResizedError):
                     raise
+                except lmdb.Error as exc:
+                    error = StorageError(f"LMDB write at {self.path} failed: {exc}", backend="lmdb")
+                    outcomes.append((False, error))
                 except Exception as exc:  # noqa: BLE001 - handed to the caller, not swallowed
                     outcomes.append((False, exc))
         return outcomes
@@ -299,7 +329,17 @@ class LMDBEnv:
     # Reading -----------------------------------------------------------------------------
 
     def read_sync(self, fn: Callable[[Txn], T]) -> T:
-        """Run `fn` in a read transaction on the calling thread (keep it short)."""
+        """Run `fn` in a read transaction on the calling thread (keep it short).
+
+        Raises:
+            StorageError: LMDB failed; the message names the path.
+        """
+        try:
+            return self._read(fn)
+        except lmdb.Error as exc:
+            raise StorageError(f"LMDB read at {self.path} failed: {exc}", backend="lmdb") from exc
+
+    def _read(self, fn: Callable[[Txn], T]) -> T:
         while True:
             try:
                 with self._gate.shared(), self.env.begin(write=False, buffers=False) as txn:

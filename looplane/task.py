@@ -12,7 +12,6 @@ import inspect
 import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum

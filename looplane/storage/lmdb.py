@@ -25,6 +25,7 @@ with it, so all leases are treated as expired and all delays as due.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import struct
 import uuid
@@ -122,6 +123,7 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 0)
 
 
+@functools.cache
 def _boot_id() -> bytes:
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as file:
@@ -135,11 +137,12 @@ class LMDBStorage(StorageBackend):
 
     One environment serves each directory in a process, whatever spelling of the path opens
     it, and `LMDBResultBackend` may share it. Writes are group-committed on one thread per
-    process; the map doubles when full. An object inherited through ``fork`` reopens the
-    environment in the child on first use.
+    process; the map doubles when full.
 
     Note:
         Keep the directory on a local file system; LMDB's locks do not work over NFS.
+        A storage object inherited through ``fork`` raises `StorageUnavailable` in the child:
+        open storage in each process after it starts (start worker processes with spawn).
     """
 
     name = "lmdb"
@@ -161,35 +164,45 @@ class LMDBStorage(StorageBackend):
         self._env: LMDBEnv | None = LMDBEnv.acquire(
             path, map_size=map_size, max_readers=max_readers
         )
-        self._boot_checked = False
-        self._queue_ids: dict[str, int] = {}
         self._next_due_mono = float("inf")
 
     @property
     def env(self) -> LMDBEnv:
-        """The environment of this process (reopened after a fork)."""
+        """The environment of this process.
+
+        Raises:
+            StorageUnavailable: The storage is closed, or was opened before a fork.
+        """
         env = self._env
         if env is None:
             raise StorageUnavailable(f"LMDB storage at {self.path} is closed", backend="lmdb")
         if env.pid != os.getpid():
-            env = self._env = LMDBEnv.acquire(
-                self.path, map_size=self.map_size, max_readers=self.max_readers
+            # Limitation: a forked child cannot reopen the environment. lmdb 3.0 refuses to
+            # open one that the parent had open at fork time, and closing the inherited
+            # handle here could free the parent's reader slots
+            # (https://github.com/jnwatson/py-lmdb/issues/346).
+            # Lifted by: an lmdb release that forgets inherited environments in the child.
+            raise StorageUnavailable(
+                f"LMDB storage at {self.path} was opened before fork(); reopen storage after "
+                "fork, in each process (start worker processes with spawn)",
+                backend="lmdb",
             )
-            self._boot_checked = False
         return env
 
     # Helpers that run inside a write transaction on the writer thread ---------------------
 
     def _prepare(self, txn: Txn) -> None:
-        if self._boot_checked:
-            return
+        # Checked in every transaction rather than once per object: the transaction that
+        # first records the boot id may still roll back (a full map retries the batch).
         meta = self.env.dbs["meta"]
         boot = _boot_id()
-        if txn.get(b"boot_id", db=meta) not in (None, boot):
+        stored = txn.get(b"boot_id", db=meta)
+        if stored == boot:
+            return
+        if stored is not None:
             self._expire_all_leases(txn)
             self._make_all_delays_due(txn)
         txn.put(b"boot_id", boot, db=meta)
-        self._boot_checked = True
 
     def _expire_all_leases(self, txn: Txn) -> None:
         dbs = self.env.dbs
@@ -215,19 +228,17 @@ class LMDBStorage(StorageBackend):
             txn.put(task_key, header.pack(), db=dbs["jobs"])
 
     def _queue_id(self, txn: Txn, queue: str, *, create: bool) -> int | None:
-        qid = self._queue_ids.get(queue)
-        if qid is not None:
-            return qid
+        # Read it in every transaction rather than caching it on the object: the transaction
+        # that creates it may still roll back (a full map retries the whole batch), and a
+        # cached id that was never committed would file tasks under a queue nobody can find.
         meta = self.env.dbs["meta"]
         raw = txn.get(b"q/" + queue.encode(), db=meta)
-        if raw is None:
-            if not create:
-                return None
-            qid = txn.stat(meta)["entries"] + 1
-            txn.put(b"q/" + queue.encode(), _U32.pack(qid), db=meta)
-        else:
-            qid = _U32.unpack(raw)[0]
-        self._queue_ids[queue] = qid
+        if raw is not None:
+            return int(_U32.unpack(raw)[0])
+        if not create:
+            return None
+        qid = txn.stat(meta)["entries"] + 1
+        txn.put(b"q/" + queue.encode(), _U32.pack(qid), db=meta)
         return qid
 
     def _next_seq(self, txn: Txn, count: int) -> int:

@@ -1,0 +1,592 @@
+"""The result backend contract, run on every backend, plus LMDB's sharing and doorbell cases.
+
+Waits are proven to wake on a store, not on the LMDB backend's once-a-second fallback look:
+an autouse fixture stretches that fallback past every timeout used here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol
+
+import pytest
+
+from looplane._lmdb_env import LMDBEnv
+from looplane.errors import ConfigError, SerializationError, StorageUnavailable, TaskTimeout
+from looplane.result import lmdb as lmdb_results
+from looplane.result.base import DEFAULT_RESULT_TTL_S, ResultBackend, TaskResult
+from looplane.result.lmdb import LMDBResultBackend
+from looplane.result.memory import InMemoryResultBackend
+from tests.test_codec import assert_same
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from multiprocessing.sharedctypes import Synchronized
+    from pathlib import Path
+
+    from looplane._clock import FakeClock
+
+BACKENDS = [pytest.param("memory", id="memory"), pytest.param("lmdb", id="lmdb")]
+TTL_S = 10.0
+WAKE_S = 2.0
+"""How soon a store must wake a waiter whose own timeout is `LONG_S`."""
+LONG_S = 25.0
+
+
+class OpenResults(Protocol):
+    def __call__(self, *, ttl_s: float | None = ...) -> ResultBackend: ...
+
+
+@pytest.fixture(autouse=True)
+def _only_doorbells_wake_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lmdb_results, "_RECHECK_S", 60.0)
+
+
+@pytest.fixture(params=BACKENDS)
+async def open_results(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[OpenResults]:
+    opened: list[ResultBackend] = []
+
+    def open_backend(*, ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> ResultBackend:
+        backend: ResultBackend
+        if request.param == "memory":
+            backend = InMemoryResultBackend(ttl_s=ttl_s, clock=clock)
+        else:
+            backend = LMDBResultBackend(tmp_path / "db", ttl_s=ttl_s, clock=clock)
+        opened.append(backend)
+        return backend
+
+    yield open_backend
+    for backend in opened:
+        await backend.close()
+
+
+@pytest.fixture
+def results(open_results: OpenResults) -> ResultBackend:
+    return open_results()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def make_result(
+    task_id: str,
+    *,
+    attempt: int = 1,
+    will_retry: bool = False,
+    value: object = None,
+    error: str | None = None,
+) -> TaskResult:
+    return TaskResult(
+        task_id=task_id,
+        func_name="tests.add",
+        success=error is None,
+        value=value,
+        error=error,
+        error_type=None if error is None else "builtins.ValueError",
+        attempt=attempt,
+        max_retries=2,
+        will_retry=will_retry,
+    )
+
+
+async def stored_count(backend: ResultBackend) -> int:
+    """How many results the backend still holds, expired or not (its purge is visible)."""
+    if isinstance(backend, InMemoryResultBackend):
+        return len(backend._order)
+    assert isinstance(backend, LMDBResultBackend)
+    env = LMDBEnv.acquire(backend.path)
+    try:
+        names = ("results", "result_order", "result_exp")
+        counts = await env.read(
+            lambda txn: {name: txn.stat(env.dbs[name])["entries"] for name in names}
+        )
+    finally:
+        env.release()
+    assert counts["result_order"] == counts["results"], counts
+    assert counts["result_exp"] in (0, counts["results"]), counts
+    return counts["results"]
+
+
+async def assert_still_waiting(waiter: asyncio.Task[TaskResult]) -> None:
+    done, _ = await asyncio.wait({waiter}, timeout=0.05)
+    assert not done, "wait returned before a final result was stored"
+
+
+async def woken(waiter: asyncio.Task[TaskResult]) -> TaskResult:
+    """The waiter's result, which must come from a wake-up, long before its own deadline."""
+    async with asyncio.timeout(WAKE_S):
+        return await waiter
+
+
+# Store and read ----------------------------------------------------------------------------
+
+
+async def test_get_returns_none_for_a_task_without_results(results: ResultBackend) -> None:
+    assert await results.get(new_id()) is None
+    assert await results.attempts(new_id()) == []
+    assert await results.results() == []
+
+
+async def test_get_returns_the_highest_attempt_whatever_the_store_order(
+    results: ResultBackend,
+) -> None:
+    task_id = new_id()
+    second = make_result(task_id, attempt=2, value="second")
+    first = make_result(task_id, attempt=1, will_retry=True, error="boom")
+    await results.store(second)
+    await results.store(first)
+
+    assert await results.get(task_id) == second
+    assert await results.attempts(task_id) == [first, second]
+
+
+async def test_store_of_the_same_attempt_replaces_it(results: ResultBackend) -> None:
+    task_id = new_id()
+    await results.store(make_result(task_id, value="old"))
+    newer = make_result(task_id, value="new")
+    await results.store(newer)
+
+    assert await results.get(task_id) == newer
+    assert await results.attempts(task_id) == [newer]
+    assert await results.results() == [newer]
+
+
+async def test_results_lists_newest_first_and_honours_limit(results: ResultBackend) -> None:
+    stored = [make_result(new_id(), value=n) for n in range(3)]
+    for result in stored:
+        await results.store(result)
+
+    assert await results.results() == stored[::-1]
+    assert await results.results(limit=2) == stored[:0:-1]
+    assert await results.results(limit=0) == []
+    assert await results.results(limit=10) == stored[::-1]
+
+
+async def test_results_with_negative_limit_raises_config_error(results: ResultBackend) -> None:
+    with pytest.raises(ConfigError, match=r"^limit must be None or at least 0; got -1$"):
+        await results.results(limit=-1)
+
+
+async def test_task_result_round_trips_every_field(results: ResultBackend) -> None:
+    started = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    value = {
+        "pair": (1, "two"),
+        "raw": b"\x00\xff",
+        "price": Decimal("1.10"),
+        "when": started,
+        "id": uuid.UUID(int=7),
+        "nested": [{"deep": (None, True, 2.5)}],
+        "big": 2**200,
+    }
+    result = TaskResult(
+        task_id=new_id(),
+        func_name="tests.compute",
+        success=True,
+        value=value,
+        error="not really",
+        error_type="builtins.RuntimeError",
+        traceback="Traceback (most recent call last):\n  ...",
+        attempt=3,
+        max_retries=4,
+        will_retry=False,
+        duration=1.25,
+        fetched_at=started - timedelta(seconds=1),
+        started_at=started,
+        finished_at=started + timedelta(seconds=1.25),
+    )
+    await results.store(result)
+
+    got = await results.get(result.task_id)
+    assert got == result
+    assert got is not None
+    assert_same(got.value, value)
+    assert got.started_at is not None
+    assert got.started_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(object(), id="object"),
+        pytest.param({1, 2}, id="set"),
+        pytest.param((n for n in range(2)), id="generator"),
+    ],
+)
+async def test_store_of_an_unencodable_value_raises_and_stores_nothing(
+    results: ResultBackend, value: object
+) -> None:
+    task_id = new_id()
+    with pytest.raises(SerializationError, match=r"^result\['value'\] has type \w+, which cannot"):
+        await results.store(make_result(task_id, value=value))
+
+    assert await results.get(task_id) is None
+    assert await results.results() == []
+
+
+async def test_error_text_in_any_script_round_trips(results: ResultBackend) -> None:
+    """PF-08: non-ASCII error text must never make result storage fail.
+
+    https://github.com/celery/celery/issues/3858
+    """
+    text = "ошибка: файл не найден 💥 \udcff"
+    result = TaskResult(
+        task_id=new_id(),
+        func_name="tests.fail",
+        success=False,
+        error=text,
+        error_type="tests.Ошибка",
+        traceback=f"Traceback ...\n{text}",
+    )
+    await results.store(result)
+
+    assert await results.get(result.task_id) == result
+
+
+# Wait --------------------------------------------------------------------------------------
+
+
+async def test_wait_returns_a_stored_final_result_at_once(results: ResultBackend) -> None:
+    result = make_result(new_id(), value=42)
+    await results.store(result)
+
+    assert await results.wait(result.task_id, timeout=0) == result
+
+
+async def test_wait_wakes_when_a_final_result_is_stored(results: ResultBackend) -> None:
+    result = make_result(new_id(), value="late")
+    waiter = asyncio.create_task(results.wait(result.task_id, timeout=LONG_S))
+    await assert_still_waiting(waiter)
+
+    await results.store(result)
+
+    assert await woken(waiter) == result
+
+
+async def test_wait_ignores_a_result_that_will_retry(results: ResultBackend) -> None:
+    task_id = new_id()
+    await results.store(make_result(task_id, attempt=1, will_retry=True, error="flaky"))
+    waiter = asyncio.create_task(results.wait(task_id, timeout=LONG_S))
+    await assert_still_waiting(waiter)
+
+    final = make_result(task_id, attempt=2, value="ok")
+    await results.store(final)
+
+    assert await woken(waiter) == final
+
+
+async def test_wait_wakes_every_waiter_of_the_task_only(results: ResultBackend) -> None:
+    first, other = make_result(new_id(), value=1), make_result(new_id(), value=2)
+    waiters = [asyncio.create_task(results.wait(first.task_id, timeout=LONG_S)) for _ in "ab"]
+    other_waiter = asyncio.create_task(results.wait(other.task_id, timeout=LONG_S))
+    await assert_still_waiting(other_waiter)
+
+    await results.store(first)
+
+    assert [await woken(waiter) for waiter in waiters] == [first, first]
+    await assert_still_waiting(other_waiter)
+    await results.store(other)
+    assert await woken(other_waiter) == other
+
+
+async def test_wait_times_out_naming_the_task(results: ResultBackend) -> None:
+    task_id = new_id()
+    await results.store(make_result(task_id, will_retry=True, error="flaky"))
+
+    with pytest.raises(TaskTimeout, match=rf"^no final result for task {task_id} within 0\.2 s$"):
+        await results.wait(task_id, timeout=0.2)
+
+
+async def test_wait_timeout_carries_task_id_and_timeout(results: ResultBackend) -> None:
+    task_id = new_id()
+    message = rf"^no final result for task {task_id} within 0 s$"
+    with pytest.raises(TaskTimeout, match=message) as info:
+        await results.wait(task_id, timeout=0)
+
+    assert (info.value.task_id, info.value.timeout_s) == (task_id, 0)
+    assert isinstance(info.value, TimeoutError)
+
+
+BAD_TIMEOUTS = [pytest.param(-1.0, id="negative"), pytest.param(math.nan, id="nan")]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+async def test_wait_with_a_bad_timeout_raises_config_error(
+    results: ResultBackend, timeout: float
+) -> None:
+    with pytest.raises(ConfigError, match=r"^timeout must be a number of seconds"):
+        await results.wait(new_id(), timeout=timeout)
+
+
+async def test_wait_cancelled_leaves_the_backend_usable(results: ResultBackend) -> None:
+    task_id = new_id()
+    waiter = asyncio.create_task(results.wait(task_id, timeout=LONG_S))
+    await assert_still_waiting(waiter)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+    result = make_result(task_id)
+    await results.store(result)
+    assert await results.wait(task_id, timeout=1) == result
+
+
+# Expiry ------------------------------------------------------------------------------------
+
+
+async def test_results_past_their_ttl_are_invisible_and_purged(
+    open_results: OpenResults, clock: FakeClock
+) -> None:
+    """PF-27: https://github.com/celery/celery/issues/75"""
+    results = open_results(ttl_s=TTL_S)
+    old = make_result(new_id(), value="old")
+    await results.store(old)
+    clock.advance(TTL_S / 2)
+    young = make_result(new_id(), value="young")
+    await results.store(young)
+    clock.advance(TTL_S / 2 + 1)
+
+    assert await results.results() == [young]
+    assert await results.get(old.task_id) is None
+    assert await results.attempts(old.task_id) == []
+    assert await results.get(young.task_id) == young
+    assert await stored_count(results) == 1
+
+    clock.advance(TTL_S)
+    assert await results.get(young.task_id) is None
+    assert await stored_count(results) == 0
+
+
+async def test_store_purges_results_past_their_ttl(
+    open_results: OpenResults, clock: FakeClock
+) -> None:
+    results = open_results(ttl_s=TTL_S)
+    for n in range(3):
+        await results.store(make_result(new_id(), value=n))
+    clock.advance(TTL_S + 1)
+
+    await results.store(make_result(new_id()))
+
+    assert await stored_count(results) == 1
+
+
+async def test_wait_ignores_an_expired_final_result(
+    open_results: OpenResults, clock: FakeClock
+) -> None:
+    results = open_results(ttl_s=TTL_S)
+    task_id = new_id()
+    await results.store(make_result(task_id))
+    clock.advance(TTL_S + 1)
+
+    with pytest.raises(TaskTimeout, match=task_id):
+        await results.wait(task_id, timeout=0)
+
+
+async def test_ttl_none_keeps_results_forever(open_results: OpenResults, clock: FakeClock) -> None:
+    results = open_results(ttl_s=None)
+    result = make_result(new_id())
+    await results.store(result)
+    clock.advance(100 * 365 * 86_400.0)
+    await results.store(make_result(new_id()))
+
+    assert await results.get(result.task_id) == result
+    assert await stored_count(results) == 2
+
+
+@pytest.mark.parametrize(
+    "ttl_s",
+    [
+        pytest.param(0.0, id="zero"),
+        pytest.param(-1.0, id="negative"),
+        pytest.param(math.nan, id="nan"),
+        pytest.param(math.inf, id="inf"),
+    ],
+)
+def test_ttl_that_is_not_positive_raises_config_error(
+    open_results: OpenResults, ttl_s: float
+) -> None:
+    with pytest.raises(ConfigError, match=r"^result ttl_s must be a positive number of seconds"):
+        open_results(ttl_s=ttl_s)
+
+
+# Close -------------------------------------------------------------------------------------
+
+
+async def test_close_is_idempotent_and_later_calls_raise(results: ResultBackend) -> None:
+    await results.close()
+    await results.close()
+
+    with pytest.raises(StorageUnavailable, match=r"result backend .*is closed$"):
+        await results.get(new_id())
+    with pytest.raises(StorageUnavailable, match=r"is closed$"):
+        await results.store(make_result(new_id()))
+
+
+async def test_close_wakes_waiters_with_storage_unavailable(results: ResultBackend) -> None:
+    waiter = asyncio.create_task(results.wait(new_id(), timeout=LONG_S))
+    await assert_still_waiting(waiter)
+
+    await results.close()
+
+    with pytest.raises(StorageUnavailable, match=r"is closed$"):
+        await woken(waiter)
+
+
+async def test_async_with_closes_the_backend(open_results: OpenResults) -> None:
+    async with open_results() as results:
+        await results.store(make_result(new_id()))
+
+    with pytest.raises(StorageUnavailable, match=r"is closed$"):
+        await results.results()
+
+
+# LMDB only ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_id", [pytest.param("nope", id="word"), pytest.param("", id="empty")])
+async def test_lmdb_task_id_that_is_not_a_uuid_raises_config_error(
+    tmp_path: Path, task_id: str
+) -> None:
+    async with LMDBResultBackend(tmp_path) as results:
+        with pytest.raises(ConfigError, match=rf"^task id {task_id!r} is not a UUID"):
+            await results.get(task_id)
+        with pytest.raises(ConfigError, match=r"is not a UUID"):
+            await results.store(make_result(task_id))
+
+
+@pytest.mark.parametrize(
+    "attempt", [pytest.param(-1, id="negative"), pytest.param(2**32, id="huge")]
+)
+async def test_lmdb_attempt_outside_u32_raises_config_error(tmp_path: Path, attempt: int) -> None:
+    async with LMDBResultBackend(tmp_path) as results:
+        with pytest.raises(
+            ConfigError, match=rf"^attempt must be between 0 and 2\*\*32 - 1; got {attempt}$"
+        ):
+            await results.store(make_result(new_id(), attempt=attempt))
+
+
+async def test_lmdb_store_sweeps_a_bounded_batch_and_reads_purge_the_rest(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with LMDBResultBackend(tmp_path, ttl_s=TTL_S, clock=clock) as results:
+        await asyncio.gather(*(results.store(make_result(new_id())) for _ in range(100)))
+        clock.advance(TTL_S + 1)
+
+        await results.store(make_result(new_id()))
+        assert await stored_count(results) == 100 - lmdb_results._SWEEP_PER_STORE + 1
+
+        assert len(await results.results()) == 1
+        assert await stored_count(results) == 1
+
+
+async def test_lmdb_backends_on_one_directory_share_one_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PF-23: https://github.com/jnwatson/py-lmdb/issues/129"""
+    (tmp_path / "db").mkdir()
+    os.symlink(tmp_path / "db", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    by_relative = LMDBResultBackend("db")
+    by_absolute = LMDBResultBackend(tmp_path / "db")
+    by_symlink = LMDBResultBackend(tmp_path / "link")
+    backends = [by_relative, by_absolute, by_symlink]
+    assert by_relative._env is by_absolute._env is by_symlink._env
+
+    first = make_result(new_id())
+    await by_relative.store(first)
+    await by_relative.close()
+    second = make_result(new_id())
+    await by_absolute.store(second)
+    await by_absolute.close()
+
+    assert await by_symlink.results() == [second, first]
+    await by_symlink.close()
+    assert all(backend._env.closed for backend in backends)
+
+
+async def test_lmdb_backend_shares_its_environment_with_other_holders(tmp_path: Path) -> None:
+    env = LMDBEnv.acquire(tmp_path)
+    try:
+        async with LMDBResultBackend(tmp_path) as results:
+            assert results._env is env
+        assert not env.closed
+    finally:
+        env.release()
+    assert env.closed
+
+
+class _DeafWatch:
+    """A doorbell watch that never fires, as on a platform without inotify."""
+
+    def __init__(
+        self, path: str, loop: asyncio.AbstractEventLoop, on_ring: Callable[[], None]
+    ) -> None:
+        self.active = False
+
+    def close(self) -> None:
+        pass
+
+
+async def test_lmdb_wait_looks_again_when_no_doorbell_rings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lmdb_results, "_RECHECK_S", 0.05)
+    monkeypatch.setattr(lmdb_results, "DoorbellWatch", _DeafWatch)
+    async with LMDBResultBackend(tmp_path) as results:
+        monkeypatch.setattr(results._env, "listen", lambda *args: lambda: None)
+        result = make_result(new_id())
+        waiter = asyncio.create_task(results.wait(result.task_id, timeout=LONG_S))
+        await assert_still_waiting(waiter)
+
+        await results.store(result)
+
+        assert await woken(waiter) == result
+
+
+def _store_final_in_child(path: str, task_id: str, store_started: Synchronized[float]) -> None:
+    asyncio.run(_store_final_later(path, task_id, store_started))
+
+
+async def _store_final_later(path: str, task_id: str, store_started: Synchronized[float]) -> None:
+    async with LMDBResultBackend(path) as results:
+        # A deliberate delay, not a wait for state: the parent must be inside wait() already.
+        await asyncio.sleep(0.3)
+        # Stamped before the store: the parent may wake before store() returns here.
+        store_started.value = time.monotonic()
+        await results.store(make_result(task_id, value="from the child"))
+
+
+@pytest.mark.slow
+async def test_wait_wakes_on_result_from_another_process(tmp_path: Path) -> None:
+    """The parent wakes within a second of the child storing, long before any fallback look.
+
+    The fallback look is stretched to 60 s, and a result found only when the 10 s deadline
+    fires would be late by seconds, so only the doorbell can pass this. CLOCK_MONOTONIC is
+    shared by every process on the host.
+    """
+    path = str(tmp_path / "db")
+    task_id = new_id()
+    context = multiprocessing.get_context("spawn")
+    store_started = context.Value("d", 0.0)
+    async with LMDBResultBackend(path) as results:
+        child = context.Process(target=_store_final_in_child, args=(path, task_id, store_started))
+        child.start()
+        try:
+            result = await results.wait(task_id, timeout=10)
+            woke_at = time.monotonic()
+        finally:
+            await asyncio.to_thread(child.join, 10)
+        assert child.exitcode == 0
+        child.close()
+
+    assert result.value == "from the child"
+    assert 0 < woke_at - store_started.value < 1.0
