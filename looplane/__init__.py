@@ -4,6 +4,7 @@ Register functions with `register_task`, send calls of them with a producer, and
 with an `Orchestrator`. Tasks wait in embedded LMDB by default, so no server is needed.
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from looplane._clock import Clock, FakeClock
@@ -36,6 +37,10 @@ from looplane.orchestrator import Orchestrator
 from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
 from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
 from looplane.task import Backoff, BackoffKind, Task, TaskContext, current_task, register_task
+
+# A library leaves handlers to the application; without this, Python's last-resort handler
+# would print Looplane's warnings to stderr in programs that never configured logging.
+logging.getLogger("looplane").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("looplane")
