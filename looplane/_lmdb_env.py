@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import lmdb
 
@@ -44,7 +44,11 @@ __all__ = ["DB_NAMES", "DEFAULT_MAP_SIZE", "LMDBEnv", "Txn"]
 logger = logging.getLogger("looplane.storage.lmdb")
 
 T = TypeVar("T")
-Txn = lmdb.Transaction
+if TYPE_CHECKING:
+    # Every transaction is begun with buffers=False, so keys and values are bytes.
+    Txn = lmdb.Transaction[bytes]
+else:
+    Txn = lmdb.Transaction
 
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_READERS = 1024

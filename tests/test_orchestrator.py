@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 import pytest
 
@@ -20,7 +21,7 @@ from looplane.storage import InMemoryStorage, LMDBStorage, NewTask, StorageBacke
 from looplane.task import Task, register_task, registry
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 
@@ -52,8 +53,19 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
     await results.close()
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Register(Protocol):
+    @overload
+    def __call__(self, func: F, /) -> F: ...
+
+    @overload
+    def __call__(self, **options: Any) -> Callable[[F], F]: ...
+
+
 @pytest.fixture
-def tasks() -> Iterator[Callable[..., Any]]:
+def tasks() -> Iterator[Register]:
     """Registers task functions for one test and removes them afterwards."""
     names: list[str] = []
 
@@ -65,7 +77,7 @@ def tasks() -> Iterator[Callable[..., Any]]:
 
         return decorate(func) if func is not None else decorate
 
-    yield register
+    yield cast("Register", register)
     for name in names:
         registry.remove(name)
 
@@ -95,7 +107,7 @@ async def run_until(orchestrator: Orchestrator, awaitable: Any) -> Any:
         await orchestrator.stop()
 
 
-async def test_orchestrator_runs_quickstart_tasks(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_runs_quickstart_tasks(rig: Rig, tasks: Register) -> None:
     @tasks
     async def greet(name: str) -> str:
         return f"Hello, {name}!"
@@ -112,7 +124,7 @@ async def test_orchestrator_runs_quickstart_tasks(rig: Rig, tasks: Any) -> None:
     assert all(r.success and r.attempt == 1 and r.max_retries == 3 for r in listed)
 
 
-async def test_orchestrator_never_exceeds_max_concurrent_tasks(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_never_exceeds_max_concurrent_tasks(rig: Rig, tasks: Register) -> None:
     release = asyncio.Event()
     running: list[int] = []
     peak = 0
@@ -139,7 +151,9 @@ async def test_orchestrator_never_exceeds_max_concurrent_tasks(rig: Rig, tasks: 
     assert peak == 3
 
 
-async def test_pf05_retries_give_exactly_retries_plus_one_attempts(rig: Rig, tasks: Any) -> None:
+async def test_pf05_retries_give_exactly_retries_plus_one_attempts(
+    rig: Rig, tasks: Register
+) -> None:
     seen: list[tuple[int, bool]] = []
 
     @tasks(backoff="none")
@@ -167,7 +181,9 @@ async def test_pf05_retries_give_exactly_retries_plus_one_attempts(rig: Rig, tas
     assert "failed on attempt 4 of 4" in dead[0].reason
 
 
-async def test_pf05_fail_twice_then_succeed_ends_on_attempt_three(rig: Rig, tasks: Any) -> None:
+async def test_pf05_fail_twice_then_succeed_ends_on_attempt_three(
+    rig: Rig, tasks: Register
+) -> None:
     @tasks(backoff="none")
     async def flaky() -> str:
         if current_task().attempt < 3:
@@ -182,7 +198,7 @@ async def test_pf05_fail_twice_then_succeed_ends_on_attempt_three(rig: Rig, task
     assert (await rig.storage.counts()).dead == 0
 
 
-async def test_pf05_retries_one_gives_two_attempts(rig: Rig, tasks: Any) -> None:
+async def test_pf05_retries_one_gives_two_attempts(rig: Rig, tasks: Register) -> None:
     @tasks(backoff="none")
     async def fails() -> None:
         raise ValueError("x")
@@ -194,7 +210,7 @@ async def test_pf05_retries_one_gives_two_attempts(rig: Rig, tasks: Any) -> None
 
 
 async def test_orchestrator_retry_waits_in_storage_for_its_backoff(
-    tmp_path: Path, tasks: Any
+    tmp_path: Path, tasks: Register
 ) -> None:
     clock = FakeClock()
     storage = LMDBStorage(tmp_path / "db", clock=clock)
@@ -225,7 +241,7 @@ async def test_orchestrator_retry_waits_in_storage_for_its_backoff(
     assert (final.success, final.value, final.attempt) == (True, 2, 2)
 
 
-async def test_pf14_timeout_is_reported_as_timeout_and_retried(rig: Rig, tasks: Any) -> None:
+async def test_pf14_timeout_is_reported_as_timeout_and_retried(rig: Rig, tasks: Register) -> None:
     cleanups = 0
 
     @tasks(backoff="none")
@@ -246,7 +262,7 @@ async def test_pf14_timeout_is_reported_as_timeout_and_retried(rig: Rig, tasks: 
     assert final.duration >= 0.2
 
 
-async def test_orchestrator_timeout_stops_waiting_for_sync_task(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_timeout_stops_waiting_for_sync_task(rig: Rig, tasks: Register) -> None:
     done = threading.Event()
 
     @tasks
@@ -260,7 +276,9 @@ async def test_orchestrator_timeout_stops_waiting_for_sync_task(rig: Rig, tasks:
     assert "timed out after 0.2s" in final.error
 
 
-async def test_orchestrator_user_timeout_error_is_not_a_task_timeout(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_user_timeout_error_is_not_a_task_timeout(
+    rig: Rig, tasks: Register
+) -> None:
     @tasks
     async def raises_timeout() -> None:
         raise TimeoutError("upstream")
@@ -270,7 +288,9 @@ async def test_orchestrator_user_timeout_error_is_not_a_task_timeout(rig: Rig, t
     assert final.error == "TimeoutError: upstream"
 
 
-async def test_orchestrator_runs_sync_tasks_in_threads_with_context(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_runs_sync_tasks_in_threads_with_context(
+    rig: Rig, tasks: Register
+) -> None:
     loop_thread = threading.get_ident()
 
     @tasks
@@ -282,7 +302,7 @@ async def test_orchestrator_runs_sync_tasks_in_threads_with_context(rig: Rig, ta
     assert final.value == (5, True, 1)
 
 
-async def test_orchestrator_sync_task_does_not_block_the_loop(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_sync_task_does_not_block_the_loop(rig: Rig, tasks: Register) -> None:
     started = threading.Event()
     finish = threading.Event()
 
@@ -306,7 +326,9 @@ async def test_orchestrator_sync_task_does_not_block_the_loop(rig: Rig, tasks: A
     assert (ticks, final.value) == (5, "done")
 
 
-async def test_orchestrator_retry_and_cancel_signals_steer_attempts(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_retry_and_cancel_signals_steer_attempts(
+    rig: Rig, tasks: Register
+) -> None:
     @tasks
     async def asks_retry() -> str:
         if current_task().attempt == 1:
@@ -382,7 +404,7 @@ def raise_chained() -> None:
     ],
 )
 async def test_pf08_unencodable_exceptions_are_stored_as_text(
-    rig: Rig, tasks: Any, raiser: Callable[[], None], expected: str
+    rig: Rig, tasks: Register, raiser: Callable[[], None], expected: str
 ) -> None:
     @tasks(backoff="none")
     async def explodes() -> None:
@@ -408,12 +430,12 @@ async def test_pf08_unencodable_exceptions_are_stored_as_text(
     ("make", "type_name"),
     [
         pytest.param(object, "object", id="object"),
-        pytest.param(lambda: (i for i in ()), "generator", id="generator"),
+        pytest.param(lambda: (i for i in range(0)), "generator", id="generator"),
         pytest.param(lambda: {1, 2}, "set", id="set"),
     ],
 )
 async def test_pf09_unencodable_return_value_is_a_prompt_failure(
-    rig: Rig, tasks: Any, make: Callable[[], Any], type_name: str
+    rig: Rig, tasks: Register, make: Callable[[], Any], type_name: str
 ) -> None:
     runs = 0
 
@@ -431,7 +453,7 @@ async def test_pf09_unencodable_return_value_is_a_prompt_failure(
     assert (runs, final.attempt, final.will_retry) == (1, 1, False)
 
 
-async def test_pf09_missing_await_is_reported(rig: Rig, tasks: Any) -> None:
+async def test_pf09_missing_await_is_reported(rig: Rig, tasks: Register) -> None:
     async def inner() -> int:
         return 1
 
@@ -445,7 +467,7 @@ async def test_pf09_missing_await_is_reported(rig: Rig, tasks: Any) -> None:
     assert "coroutine" in final.error
 
 
-async def test_pf18_unknown_and_corrupt_tasks_are_set_aside(rig: Rig, tasks: Any) -> None:
+async def test_pf18_unknown_and_corrupt_tasks_are_set_aside(rig: Rig, tasks: Register) -> None:
     @tasks
     async def fine() -> str:
         return "fine"
@@ -482,7 +504,7 @@ async def test_pf18_unknown_and_corrupt_tasks_are_set_aside(rig: Rig, tasks: Any
     assert (await rig.storage.counts()).ready == 0
 
 
-async def test_pf07_shutdown_interruptions_do_not_use_up_retries(rig: Rig, tasks: Any) -> None:
+async def test_pf07_shutdown_interruptions_do_not_use_up_retries(rig: Rig, tasks: Register) -> None:
     started = asyncio.Event()
     finish = asyncio.Event()
     cleanups = 0
@@ -513,7 +535,9 @@ async def test_pf07_shutdown_interruptions_do_not_use_up_retries(rig: Rig, tasks
     assert cleanups == 4
 
 
-async def test_pf15_graceful_stop_finishes_running_and_keeps_the_rest(rig: Rig, tasks: Any) -> None:
+async def test_pf15_graceful_stop_finishes_running_and_keeps_the_rest(
+    rig: Rig, tasks: Register
+) -> None:
     started: list[int] = []
     gate = asyncio.Event()
 
@@ -538,7 +562,7 @@ async def test_pf15_graceful_stop_finishes_running_and_keeps_the_rest(rig: Rig, 
     assert (await rig.storage.counts()).ready == 7
 
 
-async def test_pf16_stop_is_idempotent_and_bounded(rig: Rig, tasks: Any) -> None:
+async def test_pf16_stop_is_idempotent_and_bounded(rig: Rig, tasks: Register) -> None:
     ignored = 0
 
     @tasks
@@ -561,7 +585,7 @@ async def test_pf16_stop_is_idempotent_and_bounded(rig: Rig, tasks: Any) -> None
     assert await rig.results.get(task.id) is None
 
 
-async def test_pf16_cancelled_task_runs_finally_and_is_requeued(rig: Rig, tasks: Any) -> None:
+async def test_pf16_cancelled_task_runs_finally_and_is_requeued(rig: Rig, tasks: Register) -> None:
     cleanup: list[str] = []
     started = asyncio.Event()
 
@@ -588,7 +612,7 @@ async def test_pf28_wait_for_unknown_task_times_out_with_its_id(rig: Rig) -> Non
         await rig.results.wait("deadbeef" * 4, timeout=0.1)
 
 
-async def test_orchestrator_renews_leases_of_long_tasks(tmp_path: Path, tasks: Any) -> None:
+async def test_orchestrator_renews_leases_of_long_tasks(tmp_path: Path, tasks: Register) -> None:
     storage = LMDBStorage(tmp_path / "db", lease_s=0.3)
     results = LMDBResultBackend(tmp_path / "db")
     other = StorageConsumer(storage)
@@ -612,7 +636,7 @@ async def test_orchestrator_renews_leases_of_long_tasks(tmp_path: Path, tasks: A
     assert (final.success, final.value) == (True, 1)
 
 
-async def test_orchestrator_cancels_task_whose_lease_was_lost(tasks: Any) -> None:
+async def test_orchestrator_cancels_task_whose_lease_was_lost(tasks: Register) -> None:
     clock = FakeClock()
     storage = InMemoryStorage(lease_s=10, clock=clock)
     results = InMemoryResultBackend()
@@ -643,7 +667,7 @@ async def test_orchestrator_cancels_task_whose_lease_was_lost(tasks: Any) -> Non
     await thief.close()
 
 
-async def test_orchestrator_time_in_results_is_consistent(rig: Rig, tasks: Any) -> None:
+async def test_orchestrator_time_in_results_is_consistent(rig: Rig, tasks: Register) -> None:
     @tasks
     async def quick() -> None:
         await asyncio.sleep(0.01)

@@ -159,7 +159,7 @@ class StorageConsumer(Consumer):
         self.consumer_id = consumer_id or new_consumer_id()
         self._claims: dict[str, Claim] = {}
         self._watcher: Watcher | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[bool]] = set()
         self._closed = False
 
     async def receive_batch(
@@ -177,7 +177,13 @@ class StorageConsumer(Consumer):
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         while True:
             claims = await self._claim(batch_size)
-            tasks = await self._decode_all(claims)
+            try:
+                tasks = await self._decode_all(claims)
+            except asyncio.CancelledError:
+                # Decoding a large payload awaits a thread; claims cut off there would stay
+                # leased to nobody until their leases ran out, each using up an attempt.
+                self._give_back(claims)
+                raise
             if tasks:
                 return tasks
             if claims:
@@ -200,10 +206,15 @@ class StorageConsumer(Consumer):
     def _give_back_abandoned(self, done: asyncio.Future[list[Claim]]) -> None:
         if done.cancelled() or done.exception() is not None:
             return
-        for claim in done.result():
-            job = asyncio.ensure_future(self.storage.release(claim, count_attempt=False))
-            self._background.add(job)  # type: ignore[arg-type]  # ensure_future returns a Task
-            job.add_done_callback(self._background.discard)  # type: ignore[arg-type]  # idem
+        self._give_back(done.result())
+
+    def _give_back(self, claims: list[Claim]) -> None:
+        """Release `claims` in the background without counting their attempts."""
+        for claim in claims:
+            self._claims.pop(claim.task_id, None)
+            job = asyncio.create_task(self.storage.release(claim, count_attempt=False))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
 
     async def _decode_all(self, claims: list[Claim]) -> list[Task]:
         tasks = []

@@ -27,7 +27,7 @@ import logging
 import math
 import struct
 import uuid
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane._lmdb_env import DEFAULT_MAP_SIZE, DoorbellWatch, LMDBEnv
@@ -273,7 +273,7 @@ class _Wakeups:
 
 def _bytes_txn(txn: Txn) -> lmdb.Transaction[bytes]:
     # LMDBEnv begins every transaction with buffers=False, so keys and values are bytes.
-    return cast("lmdb.Transaction[bytes]", txn)
+    return txn
 
 
 def _store_txn(txn: Txn, env: LMDBEnv, key: bytes, data: bytes, expiry_ms: int) -> None:

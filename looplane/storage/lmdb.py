@@ -212,7 +212,7 @@ class LMDBStorage(StorageBackend):
             txn.delete(key, db=dbs["leases"])
             task_key = key[8:]
             txn.put(_TIMED_KEY.pack(0, task_key), b"", db=dbs["leases"])
-            header = _Header.unpack(txn.get(task_key, db=dbs["jobs"]))
+            header = _Header.unpack(_need(txn, task_key, dbs["jobs"]))
             header.due_ms = 0
             txn.put(task_key, header.pack(), db=dbs["jobs"])
 
@@ -223,7 +223,7 @@ class LMDBStorage(StorageBackend):
             txn.delete(key, db=dbs["delayed"])
             seq = _DELAY_KEY.unpack(key)[1]
             txn.put(_DELAY_KEY.pack(0, seq), task_key, db=dbs["delayed"])
-            header = _Header.unpack(txn.get(task_key, db=dbs["jobs"]))
+            header = _Header.unpack(_need(txn, task_key, dbs["jobs"]))
             header.due_ms = 0
             txn.put(task_key, header.pack(), db=dbs["jobs"])
 
@@ -340,7 +340,7 @@ class LMDBStorage(StorageBackend):
                 break
             key = cursor.value()
             cursor.delete()
-            self._to_ready(txn, key, _Header.unpack(txn.get(key, db=dbs["jobs"])))
+            self._to_ready(txn, key, _Header.unpack(_need(txn, key, dbs["jobs"])))
             moved += 1
 
     def _reap_expired(self, txn: Txn) -> None:
@@ -353,7 +353,7 @@ class LMDBStorage(StorageBackend):
             if expiry_ms > now_ms:
                 break
             cursor.delete()
-            header = _Header.unpack(txn.get(key, db=dbs["jobs"]))
+            header = _Header.unpack(_need(txn, key, dbs["jobs"]))
             if header.attempts >= header.max_attempts:
                 reason = (
                     f"lease expired on the last attempt ({header.attempts} of "
@@ -373,7 +373,7 @@ class LMDBStorage(StorageBackend):
         while len(claims) < limit and cursor.set_range(prefix) and cursor.key()[:4] == prefix:
             key = cursor.value()
             cursor.delete()
-            header = _Header.unpack(txn.get(key, db=dbs["jobs"]))
+            header = _Header.unpack(_need(txn, key, dbs["jobs"]))
             header.state = TaskState.LEASED
             header.attempts += 1
             header.token = os.urandom(16)
@@ -387,7 +387,7 @@ class LMDBStorage(StorageBackend):
                     attempt=header.attempts,
                     max_attempts=header.max_attempts,
                     lease_s=header.lease_ms / 1000,
-                    payload=txn.get(key, db=dbs["payloads"]),
+                    payload=_need(txn, key, dbs["payloads"]),
                 )
             )
         return claims
@@ -517,16 +517,16 @@ class LMDBStorage(StorageBackend):
 
     def _dead_tasks(self, txn: Txn, limit: int) -> list[DeadTask]:
         dbs = self.env.dbs
-        found = []
+        found: list[DeadTask] = []
         for dead_key, reason in txn.cursor(db=dbs["dead"]):
             if len(found) >= limit:
                 break
             _, failed_ms, key = _DEAD_KEY.unpack(dead_key)
-            header = _Header.unpack(txn.get(key, db=dbs["jobs"]))
+            header = _Header.unpack(_need(txn, key, dbs["jobs"]))
             found.append(
                 DeadTask(
                     task_id=key.hex(),
-                    payload=txn.get(key, db=dbs["payloads"]),
+                    payload=_need(txn, key, dbs["payloads"]),
                     reason=reason.decode("utf-8", "replace"),
                     attempts=header.attempts,
                     failed_at=failed_ms / 1000,
@@ -539,6 +539,14 @@ class LMDBStorage(StorageBackend):
         env, self._env = self._env, None
         if env is not None and env.pid == os.getpid():
             await asyncio.to_thread(env.release)
+
+
+def _need(txn: Txn, key: bytes, db: Any) -> bytes:
+    value = txn.get(key, db=db)
+    if value is None:
+        raise StorageError(f"LMDB store is inconsistent: record {key.hex()} is missing",
+                           backend="lmdb")
+    return value
 
 
 def _count_prefix(txn: Txn, db: Any, prefix: bytes) -> int:
