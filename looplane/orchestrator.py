@@ -116,6 +116,7 @@ class Orchestrator:
         self._stopping: asyncio.Task[None] | None = None
         self._force = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
+        self._shared_writer = False
         self.finished = 0
 
     @property
@@ -138,6 +139,13 @@ class Orchestrator:
         if self._fetcher is not None:
             return
         self.consumer.on_reject = self._record_reject
+        storage = getattr(self.consumer, "storage", None)
+        channel = getattr(storage, "write_channel", None)
+        self._shared_writer = (
+            channel is not None
+            and self.result_backend is not None
+            and (self.result_backend.write_channel is channel)
+        )
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_concurrent_tasks, thread_name_prefix="looplane-task"
         )
@@ -274,11 +282,11 @@ class Orchestrator:
             return
         result = self._result(attempt, success=True, value=value)
         try:
-            await self._store(result)
+            result.to_bytes()
         except SerializationError as exc:
             await self._finish_failure(attempt, exc, retryable=False)
             return
-        await self._answer(task, attempt, self.consumer.ack(task), outcome="success")
+        await self._answer(task, attempt, result, self.consumer.ack(task), outcome="success")
 
     async def _finish_failure(
         self, attempt: _Attempt, exc: BaseException, *, retryable: bool = True
@@ -286,7 +294,7 @@ class Orchestrator:
         task = attempt.task
         retryable = retryable and not isinstance(exc, Cancel)
         will_retry = retryable and task.attempt < task.max_attempts
-        await self._store(self._result(attempt, success=False, exc=exc, will_retry=will_retry))
+        result = self._result(attempt, success=False, exc=exc, will_retry=will_retry)
         error = _describe(exc)
         if will_retry:
             delay_s = task.backoff.delay_s(task.attempt)
@@ -295,6 +303,7 @@ class Orchestrator:
             await self._answer(
                 task,
                 attempt,
+                result,
                 self.consumer.nack(task, delay_s=delay_s),
                 outcome="retry",
                 delay_s=delay_s,
@@ -305,6 +314,7 @@ class Orchestrator:
         await self._answer(
             task,
             attempt,
+            result,
             self.consumer.nack(task, requeue=False, reason=reason),
             outcome="failed",
             error=error,
@@ -314,6 +324,7 @@ class Orchestrator:
         self,
         task: Task,
         attempt: _Attempt,
+        result: TaskResult,
         call: Awaitable[None],
         *,
         outcome: str,
@@ -322,7 +333,7 @@ class Orchestrator:
     ) -> None:
         duration_ms = (self.clock.monotonic() - attempt.started_mono) * 1000
         try:
-            await call
+            await self._store_then(result, call)
         except LeaseLost:
             attempt.log.warning(
                 "attempt finished but its lease was lost; another worker may "
@@ -380,6 +391,21 @@ class Orchestrator:
             started_at=attempt.started_at,
             finished_at=datetime.fromtimestamp(finished, UTC),
         )
+
+    async def _store_then(self, result: TaskResult, call: Awaitable[None]) -> None:
+        # The result must be stored before the task is answered, or a crash in between
+        # would leave a finished task with no result. When both commit through one ordered
+        # writer, submitting them together keeps that order and saves a commit per task.
+        if self._shared_writer:
+            stored, answered = await asyncio.gather(
+                self._store(result), call, return_exceptions=True
+            )
+            for outcome in (stored, answered):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return
+        await self._store(result)
+        await call
 
     async def _store(self, result: TaskResult) -> None:
         if self.result_backend is not None:

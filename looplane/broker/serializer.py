@@ -98,8 +98,28 @@ def _kwargs(data: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+# Nearly every task carries one of a few backoff policies, so checked ones are kept by their
+# exact field values (types included: True must not pass for 1).
+_BACKOFFS: dict[tuple[Any, ...], Backoff] = {}
+_MAX_CACHED_BACKOFFS = 256
+
+
 def _backoff(data: dict[str, Any]) -> Backoff:
     raw: dict[str, Any] = _field(data, "backoff", dict)
+    key = tuple(
+        (type(v), v)
+        for v in (raw.get("kind"), raw.get("base_s"), raw.get("max_s"), raw.get("jitter"))
+    )
+    cached = _BACKOFFS.get(key)
+    if cached is not None and len(raw) == 4:
+        return cached
+    policy = _check_backoff(raw)
+    if len(_BACKOFFS) < _MAX_CACHED_BACKOFFS:
+        _BACKOFFS[key] = policy
+    return policy
+
+
+def _check_backoff(raw: dict[str, Any]) -> Backoff:
     kinds = [kind.value for kind in BackoffKind]
     if raw.get("kind") not in kinds:
         raise SerializationError(

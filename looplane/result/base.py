@@ -7,8 +7,9 @@ results forever takes an explicit ``ttl_s=None``.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Self
 
 from looplane import _codec
@@ -47,6 +48,7 @@ class TaskResult:
     fetched_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_retry(self) -> bool:
@@ -59,15 +61,22 @@ class TaskResult:
         return not self.will_retry
 
     def to_bytes(self) -> bytes:
-        """Encode the result for storage.
+        """Encode the result for storage (once: the bytes are kept for later calls).
 
         Raises:
             SerializationError: `value` holds a type the codec cannot encode.
         """
-        # Not dataclasses.asdict: it deep-copies the value, which fails on the very values
-        # (generators, locks) that must turn into a clear SerializationError here.
-        record = {field.name: getattr(self, field.name) for field in fields(self)}
-        return _codec.dumps(record, path="result")
+        if self._encoded is None:
+            # Only the value and the timestamps need the codec; every other field is a plain
+            # JSON type by construction, and skipping them matters on a busy worker.
+            record = {name: getattr(self, name) for name in _FIELD_NAMES}
+            record["value"] = _codec.encode(self.value, "result['value']")
+            for name in _TIME_FIELDS:
+                record[name] = _codec.encode(record[name], name)
+            text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+            object.__setattr__(self, "_encoded", text.encode("ascii"))
+        assert self._encoded is not None
+        return self._encoded
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskResult:
@@ -85,10 +94,24 @@ class TaskResult:
             raise SerializationError(f"stored result has bad fields: {exc}") from None
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(TaskResult) if f.init)
+_TIME_FIELDS = ("fetched_at", "started_at", "finished_at")
+
+
 class ResultBackend(ABC):
     """Stores a `TaskResult` for every attempt and answers for it until it expires."""
 
     name: str = "results"
+
+    @property
+    def write_channel(self) -> object | None:
+        """The single ordered writer this backend commits through, if it shares one.
+
+        Backends that return the same channel commit writes in the order they were
+        submitted, in as few transactions as possible: the orchestrator then submits a
+        result and its ack together instead of waiting for one commit before the next.
+        """
+        return None
 
     @abstractmethod
     async def store(self, result: TaskResult) -> None:

@@ -109,6 +109,11 @@ class LMDBResultBackend(ResultBackend):
     def _now_ms(self) -> int:
         return int(self.clock.time() * 1000)
 
+    @property
+    def write_channel(self) -> object | None:
+        """The process's writer for this directory, shared with `LMDBStorage`."""
+        return self._env
+
     async def store(self, result: TaskResult) -> None:
         """Keep `result` for the time to live, replacing an earlier store of the same attempt.
 

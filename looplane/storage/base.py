@@ -129,6 +129,16 @@ class StorageBackend(ABC):
     name: str = "storage"
     default_lease_s: float = DEFAULT_LEASE_S
 
+    @property
+    def write_channel(self) -> object | None:
+        """The single ordered writer this backend commits through, if it shares one.
+
+        Backends that return the same channel commit writes in the order they were
+        submitted, in as few transactions as possible: the orchestrator then submits a
+        result and its ack together instead of waiting for one commit before the next.
+        """
+        return None
+
     @abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Store `tasks` durably, in one write. When it returns, every task is stored.

@@ -167,6 +167,11 @@ class LMDBStorage(StorageBackend):
         self._next_due_mono = float("inf")
 
     @property
+    def write_channel(self) -> object | None:
+        """The process's writer for this directory, shared with `LMDBResultBackend`."""
+        return self._env
+
+    @property
     def env(self) -> LMDBEnv:
         """The environment of this process.
 
@@ -544,8 +549,9 @@ class LMDBStorage(StorageBackend):
 def _need(txn: Txn, key: bytes, db: Any) -> bytes:
     value = txn.get(key, db=db)
     if value is None:
-        raise StorageError(f"LMDB store is inconsistent: record {key.hex()} is missing",
-                           backend="lmdb")
+        raise StorageError(
+            f"LMDB store is inconsistent: record {key.hex()} is missing", backend="lmdb"
+        )
     return value
 
 
