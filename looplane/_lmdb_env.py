@@ -31,6 +31,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -39,7 +40,7 @@ import lmdb
 
 from looplane.errors import StorageError, StorageUnavailable
 
-__all__ = ["DB_NAMES", "DEFAULT_MAP_SIZE", "LMDBEnv", "Txn"]
+__all__ = ["DB_NAMES", "DEFAULT_MAP_SIZE", "LMDBEnv", "Txn", "uuid_key"]
 
 logger = logging.getLogger("looplane.storage.lmdb")
 
@@ -409,6 +410,23 @@ class _Bell:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def uuid_key(task_id: str) -> bytes:
+    """The 16 bytes of a UUID task id, the key of its records.
+
+    Raises:
+        ValueError: `task_id` is not a UUID in any form `uuid.UUID` reads.
+    """
+    if type(task_id) is str and len(task_id) == 32:  # the usual form, without UUID()'s cost
+        with contextlib.suppress(ValueError):
+            key = bytes.fromhex(task_id)
+            if len(key) == 16:
+                return key
+    try:
+        return uuid.UUID(hex=task_id).bytes
+    except (AttributeError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 # Inotify ---------------------------------------------------------------------------------

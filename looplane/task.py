@@ -138,10 +138,11 @@ class TaskFunction:
         """The module the function was defined in."""
         return str(getattr(self.func, "__module__", "?"))
 
-    @property
-    def is_async(self) -> bool:
-        """True for ``async def`` functions; plain functions run in a thread pool."""
-        return inspect.iscoroutinefunction(self.func)
+    is_async: bool = field(init=False)
+    """True for ``async def`` functions; plain functions run in a thread pool."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
 
 
 class TaskRegistry:

@@ -160,6 +160,7 @@ class StorageConsumer(Consumer):
         self._claims: dict[str, Claim] = {}
         self._watcher: Watcher | None = None
         self._background: set[asyncio.Task[bool]] = set()
+        self._abandoned: set[asyncio.Future[list[Claim]]] = set()
         self._closed = False
 
     async def receive_batch(
@@ -200,10 +201,12 @@ class StorageConsumer(Consumer):
         try:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:
+            self._abandoned.add(pending)
             pending.add_done_callback(self._give_back_abandoned)
             raise
 
     def _give_back_abandoned(self, done: asyncio.Future[list[Claim]]) -> None:
+        self._abandoned.discard(done)
         if done.cancelled() or done.exception() is not None:
             return
         self._give_back(done.result())
@@ -218,13 +221,14 @@ class StorageConsumer(Consumer):
 
     async def _decode_all(self, claims: list[Claim]) -> list[Task]:
         tasks = []
+        fetched_at = datetime.fromtimestamp(self.clock.time(), UTC)
         for claim in claims:
-            task = await self._decode(claim)
+            task = await self._decode(claim, fetched_at)
             if task is not None:
                 tasks.append(task)
         return tasks
 
-    async def _decode(self, claim: Claim) -> Task | None:
+    async def _decode(self, claim: Claim, fetched_at: datetime) -> Task | None:
         try:
             if len(claim.payload) > _DECODE_IN_THREAD_AT:
                 task = await asyncio.to_thread(self.serializer.deserialize, claim.payload)
@@ -236,7 +240,7 @@ class StorageConsumer(Consumer):
             await self._reject(claim, f"undecodable payload: {exc}")
             return None
         task.attempt = claim.attempt
-        task.fetched_at = datetime.fromtimestamp(self.clock.time(), UTC)
+        task.fetched_at = fetched_at
         self._claims[task.id] = claim
         return task
 
@@ -310,6 +314,10 @@ class StorageConsumer(Consumer):
         if self._closed:
             return
         self._closed = True
+        # Claims abandoned by a cancelled receive may still be committing; wait for them so
+        # their tasks are given back before the storage can close.
+        if self._abandoned:
+            await asyncio.gather(*self._abandoned, return_exceptions=True)
         claims, self._claims = list(self._claims.values()), {}
         for claim in claims:
             await self.storage.release(claim, count_attempt=False)

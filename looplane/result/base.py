@@ -110,6 +110,8 @@ class ResultBackend(ABC):
         Backends that return the same channel commit writes in the order they were
         submitted, in as few transactions as possible: the orchestrator then submits a
         result and its ack together instead of waiting for one commit before the next.
+        A backend that returns a channel must submit its write before its coroutine first
+        suspends, so that submission order is call order.
         """
         return None
 

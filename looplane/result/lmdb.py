@@ -26,11 +26,10 @@ import contextlib
 import logging
 import math
 import struct
-import uuid
 from typing import TYPE_CHECKING
 
 from looplane._clock import SYSTEM_CLOCK, Clock
-from looplane._lmdb_env import DEFAULT_MAP_SIZE, DoorbellWatch, LMDBEnv
+from looplane._lmdb_env import DEFAULT_MAP_SIZE, DoorbellWatch, LMDBEnv, uuid_key
 from looplane.errors import ConfigError, StorageUnavailable, TaskTimeout
 from looplane.result.base import DEFAULT_RESULT_TTL_S, ResultBackend, TaskResult
 
@@ -373,8 +372,8 @@ def _expired(value: bytes, now_ms: int) -> bool:
 
 def _task_key(task_id: str) -> bytes:
     try:
-        return uuid.UUID(hex=task_id).bytes
-    except (AttributeError, TypeError, ValueError):
+        return uuid_key(task_id)
+    except ValueError:
         raise ConfigError(
             f"task id {task_id!r} is not a UUID; the LMDB result backend keys results by "
             "UUID task ids (as looplane.task.new_task_id makes them)"

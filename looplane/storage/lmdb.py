@@ -28,12 +28,18 @@ import asyncio
 import functools
 import os
 import struct
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from looplane._clock import SYSTEM_CLOCK, Clock
-from looplane._lmdb_env import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS, DoorbellWatch, LMDBEnv, Txn
+from looplane._lmdb_env import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_READERS,
+    DoorbellWatch,
+    LMDBEnv,
+    Txn,
+    uuid_key,
+)
 from looplane.errors import StorageError, StorageUnavailable
 from looplane.storage.base import (
     DEFAULT_LEASE_S,
@@ -80,7 +86,8 @@ class _Header:
     seq: int
     attempts: int
     max_attempts: int
-    lease_ms: int
+    timeout_ms: int
+    """The task's timeout (0: none); the claiming storage derives the lease from it."""
     enqueued_ms: int
     due_ms: int
     """Lease expiry (boot clock) when leased, due time (boot clock) when delayed, time of
@@ -95,7 +102,7 @@ class _Header:
             self.seq,
             self.attempts,
             self.max_attempts,
-            self.lease_ms,
+            self.timeout_ms,
             self.enqueued_ms,
             self.due_ms,
             self.token,
@@ -112,8 +119,8 @@ class _Header:
 
 def _task_key(task_id: str) -> bytes:
     try:
-        return uuid.UUID(hex=task_id).bytes
-    except (ValueError, TypeError, AttributeError):
+        return uuid_key(task_id)
+    except ValueError:
         raise StorageError(
             f"task id {task_id!r} is not a UUID; LMDB storage keys tasks by UUID", backend="lmdb"
         ) from None
@@ -253,6 +260,12 @@ class LMDBStorage(StorageBackend):
         txn.put(b"seq", _U64.pack(first + count - 1), db=meta)
         return first
 
+    def _lease_ms(self, header: _Header) -> int:
+        # The claiming process decides the lease, from its own setting and the task's
+        # timeout, so a worker's lease_s applies to tasks that other processes sent.
+        timeout_s = header.timeout_ms / 1000 if header.timeout_ms else None
+        return _ms(lease_for(timeout_s, self.default_lease_s))
+
     def _held(self, txn: Txn, claim: Claim) -> tuple[bytes, _Header] | None:
         self._prepare(txn)
         key = _task_key(claim.task_id)
@@ -306,7 +319,7 @@ class LMDBStorage(StorageBackend):
                 seq + offset,
                 0,
                 task.max_attempts,
-                _ms(lease_for(task.timeout_s, self.default_lease_s)),
+                _ms(task.timeout_s or 0.0),
                 now_ms,
                 0,
                 bytes(16),
@@ -382,7 +395,8 @@ class LMDBStorage(StorageBackend):
             header.state = TaskState.LEASED
             header.attempts += 1
             header.token = os.urandom(16)
-            header.due_ms = now_ms + header.lease_ms
+            lease_ms = self._lease_ms(header)
+            header.due_ms = now_ms + lease_ms
             txn.put(_TIMED_KEY.pack(header.due_ms, key), b"", db=dbs["leases"])
             txn.put(key, header.pack(), db=dbs["jobs"])
             claims.append(
@@ -391,7 +405,7 @@ class LMDBStorage(StorageBackend):
                     token=header.token,
                     attempt=header.attempts,
                     max_attempts=header.max_attempts,
-                    lease_s=header.lease_ms / 1000,
+                    lease_s=lease_ms / 1000,
                     payload=_need(txn, key, dbs["payloads"]),
                 )
             )
@@ -417,7 +431,7 @@ class LMDBStorage(StorageBackend):
         if held is None:
             return False
         key, header = held
-        header.due_ms = _ms(self.clock.monotonic()) + header.lease_ms
+        header.due_ms = _ms(self.clock.monotonic()) + self._lease_ms(header)
         txn.put(_TIMED_KEY.pack(header.due_ms, key), b"", db=self.env.dbs["leases"])
         txn.put(key, header.pack(), db=self.env.dbs["jobs"])
         return True

@@ -37,7 +37,7 @@ class _Entry:
     task_id: str
     payload: bytes
     max_attempts: int
-    lease_s: float
+    timeout_s: float | None
     queue: str
     priority: int
     seq: int
@@ -84,7 +84,7 @@ class InMemoryStorage(StorageBackend):
                 task_id=new.task_id,
                 payload=new.payload,
                 max_attempts=new.max_attempts,
-                lease_s=lease_for(new.timeout_s, self.default_lease_s),
+                timeout_s=new.timeout_s,
                 queue=new.queue,
                 priority=new.priority,
                 seq=next(self._seq),
@@ -126,7 +126,8 @@ class InMemoryStorage(StorageBackend):
             entry.state = TaskState.LEASED
             entry.attempts += 1
             entry.token = next(self._tokens).to_bytes(16, "big")
-            entry.due = now + entry.lease_s
+            lease_s = lease_for(entry.timeout_s, self.default_lease_s)
+            entry.due = now + lease_s
             heapq.heappush(self._leases, (entry.due, entry.task_id, entry.token))
             claims.append(
                 Claim(
@@ -134,7 +135,7 @@ class InMemoryStorage(StorageBackend):
                     token=entry.token,
                     attempt=entry.attempts,
                     max_attempts=entry.max_attempts,
-                    lease_s=entry.lease_s,
+                    lease_s=lease_s,
                     payload=entry.payload,
                 )
             )
@@ -180,7 +181,7 @@ class InMemoryStorage(StorageBackend):
         for claim in claims:
             entry = self._held(claim)
             if entry is not None:
-                entry.due = now + entry.lease_s
+                entry.due = now + lease_for(entry.timeout_s, self.default_lease_s)
                 heapq.heappush(self._leases, (entry.due, entry.task_id, entry.token))
             alive.append(entry is not None)
         return alive
