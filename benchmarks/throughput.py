@@ -101,7 +101,7 @@ async def main() -> None:
     for kind in ("memory", "lmdb"):
         rows.append(await measure(kind, "send, one at a time", args.single,
                                   lambda p, _: enqueue_one_by_one(p, args.single)))
-        rows.append(await measure(kind, "send, 1,000 concurrent", n,
+        rows.append(await measure(kind, f"send, {n:,} concurrent", n,
                                   lambda p, _: enqueue_concurrently(p, n)))
         rows.append(await measure(kind, "send_batch of 1,000", n,
                                   lambda p, _: enqueue_batches(p, n)))

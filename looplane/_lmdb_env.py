@@ -9,8 +9,9 @@ Why this shape (see ``design/DELIVERY.md`` section 2):
   deadlocks, so every write runs on one dedicated thread
   (https://github.com/jnwatson/py-lmdb/pull/471).
 * Each commit is an fsync. The writer thread therefore takes every operation queued while the
-  previous commit ran and applies them all in one transaction (group commit), each in a nested
-  transaction so one failing operation rolls back alone. An operation's caller is answered only
+  previous commit ran and applies them all in one transaction (group commit). If one of them
+  fails, the batch is replayed with each operation in a nested transaction, so the failing
+  one rolls back alone. An operation's caller is answered only
   after the commit, so "returned" still means "durable".
 * An environment is never used across ``fork``: the child drops its inherited handles and
   opens its own (https://github.com/jnwatson/py-lmdb/issues/346).
@@ -290,6 +291,23 @@ class LMDBEnv:
                 return [(False, error)] * len(batch)
 
     def _commit(self, batch: list[Op]) -> list[tuple[bool, Any]]:
+        # Operations almost never fail, so the batch first runs flat in one transaction.
+        # If one raises, that transaction is abandoned and the batch is replayed with each
+        # operation in a nested transaction, so the failure rolls back alone. Operations
+        # keep no state outside LMDB, so running one twice is safe.
+        with self._gate.shared():
+            txn = self.env.begin(write=True)
+            try:
+                outcomes = [(True, fn(txn)) for fn, _, _, _ in batch]
+            except BaseException as exc:
+                txn.abort()
+                if isinstance(exc, lmdb.MapFullError | lmdb.MapResizedError):
+                    raise
+                return self._commit_isolated(batch)
+            txn.commit()
+        return outcomes
+
+    def _commit_isolated(self, batch: list[Op]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         with self._gate.shared(), self.env.begin(write=True) as txn:
             for fn, _, _, _ in batch:

@@ -117,17 +117,25 @@ class Orchestrator:
         self._force = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._shared_writer = False
+        self._recording = 0
         self.finished = 0
 
     @property
     def active_tasks(self) -> int:
-        """How many tasks are running now."""
-        return len(self._running)
+        """How many task functions are running now."""
+        return len(self._running) - self._recording
 
     @property
     def capacity(self) -> int:
-        """How many more tasks could start now."""
-        return self.max_concurrent_tasks - len(self._running)
+        """How many more tasks could start now.
+
+        A task whose function has returned no longer takes a slot while its result is
+        recorded, so the next task's claim shares a commit with that result. At most
+        `max_concurrent_tasks` more may be recording at once.
+        """
+        room = self.max_concurrent_tasks - self.active_tasks
+        backlog = 2 * self.max_concurrent_tasks - len(self._running)
+        return min(room, backlog)
 
     @property
     def is_running(self) -> bool:
@@ -201,7 +209,9 @@ class Orchestrator:
         runner.add_done_callback(functools.partial(self._on_done, task.id))
 
     def _on_done(self, task_id: str, runner: asyncio.Task[None]) -> None:
-        self._running.pop(task_id, None)
+        running = self._running.pop(task_id, None)
+        if running is not None and running.recording:
+            self._recording -= 1
         self.finished += 1
         self._slot_free.set()
         if not runner.cancelled() and runner.exception() is not None:  # pragma: no cover
@@ -266,6 +276,8 @@ class Orchestrator:
         running = self._running.get(task.id)
         if running is not None:
             running.recording = True
+            self._recording += 1
+            self._slot_free.set()
         await step
 
     async def _finish_success(self, attempt: _Attempt, value: Any) -> None:
