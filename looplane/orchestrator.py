@@ -408,6 +408,11 @@ class Orchestrator:
         # The result must be stored before the task is answered, or a crash in between
         # would leave a finished task with no result. When both commit through one ordered
         # writer, submitting them together keeps that order and saves a commit per task.
+        # Limitation: they are still two write operations, usually but not always in one
+        # transaction, so a crash between two commits can re-run a task whose result was
+        # stored; and their cost caps LMDB at about 5,200 no-op tasks/s on 2 cores.
+        # Lifted by: one storage operation that acks and stores the result together when
+        # storage and results share an environment.
         if self._shared_writer:
             stored, answered = await asyncio.gather(
                 self._store(result), call, return_exceptions=True
