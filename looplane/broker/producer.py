@@ -31,8 +31,13 @@ class Producer(ABC):
     """Sends calls of task functions to a queue.
 
     Subclasses implement `send_batch`; they build each task with `_create_task`, which
-    applies the task function's registered options and checks the limits.
+    applies the task function's registered options and checks the limits. The defaults
+    below apply where neither the send nor the task function sets an option.
     """
+
+    retries: int = DEFAULT_RETRIES
+    timeout: float | None = None
+    backoff: Backoff = Backoff()
 
     async def send(
         self,
@@ -86,13 +91,13 @@ class Producer(ABC):
         _check_limits(retries, timeout)
         name, entry = _resolve(func)
         if retries is None:
-            retries = entry.retries if entry and entry.retries is not None else DEFAULT_RETRIES
-        if timeout is None and entry is not None:
-            timeout = entry.timeout
+            retries = entry.retries if entry and entry.retries is not None else self.retries
+        if timeout is None:
+            timeout = entry.timeout if entry and entry.timeout is not None else self.timeout
         if backoff is not None:
             policy = Backoff.parse(backoff)
         else:
-            policy = entry.backoff if entry and entry.backoff else Backoff()
+            policy = entry.backoff if entry and entry.backoff else self.backoff
         return Task(
             id=new_task_id(),
             name=name,
@@ -156,7 +161,14 @@ class StorageProducer(Producer):
         serializer: Serializer | None = None,
         queue: str = "default",
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        retries: int = DEFAULT_RETRIES,
+        timeout: float | None = None,
+        backoff: Backoff | str | None = None,
     ) -> None:
+        _check_limits(retries, timeout)
+        self.retries = retries
+        self.timeout = timeout
+        self.backoff = Backoff.parse(backoff) if backoff is not None else Backoff()
         self.storage = storage
         self.serializer = serializer or JSONSerializer()
         self.queue = queue
