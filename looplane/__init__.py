@@ -17,6 +17,7 @@ from looplane.broker import (
     StorageProducer,
 )
 from looplane.errors import (
+    AppImportError,
     BrokerError,
     Cancel,
     ConfigError,
@@ -33,6 +34,7 @@ from looplane.errors import (
     TaskNotFound,
     TaskTimeout,
 )
+from looplane.factory import from_config
 from looplane.orchestrator import Orchestrator
 from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
 from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
@@ -48,6 +50,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AppImportError",
     "Backoff",
     "BackoffKind",
     "BrokerError",
@@ -85,5 +88,6 @@ __all__ = [
     "TaskTimeout",
     "__version__",
     "current_task",
+    "from_config",
     "register_task",
 ]

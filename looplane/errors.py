@@ -3,7 +3,7 @@
 The tree::
 
     LooplaneError
-    ├── ConfigError (also ValueError)
+    ├── ConfigError (also ValueError) ── AppImportError
     ├── SerializationError (also TypeError)
     ├── StorageError ── StorageUnavailable
     ├── BrokerError ── LeaseLost
@@ -17,13 +17,43 @@ handlers branch on fields rather than on message text.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 
 class LooplaneError(Exception):
     """Base class of every error Looplane raises."""
 
 
 class ConfigError(LooplaneError, ValueError):
-    """A setting or a pluggable component is invalid."""
+    """A setting or a pluggable component is invalid.
+
+    Attributes:
+        problems: One line per problem, each naming the setting, what is wrong, the bad value
+            (masked when secret) and where it came from. The message joins them, one a line.
+    """
+
+    def __init__(self, message: str | None = None, *, problems: Sequence[str] = ()):
+        self.problems: list[str] = list(problems) if problems else [message or "invalid setting"]
+        super().__init__(message if message is not None else "\n".join(self.problems))
+
+
+class AppImportError(ConfigError):
+    """An app module (``app`` setting, ``-A``) could not be imported.
+
+    Attributes:
+        module: The dotted name of the module.
+        reason: Whether the module itself was not found, an import inside it failed, or it
+            raised while being imported, with the original error; that error is also the
+            ``__cause__``.
+    """
+
+    def __init__(self, *, module: str, reason: str):
+        super().__init__(f"cannot import app module {module!r}: {reason}")
+        self.module = module
+        self.reason = reason
 
 
 class SerializationError(LooplaneError, TypeError):

@@ -1,0 +1,1 @@
+"""Third-party style backends that tests load by import path."""
