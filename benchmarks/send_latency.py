@@ -67,7 +67,8 @@ def main() -> None:
     try:
         asyncio.run(StorageProducer(LMDBStorage(path)).send_batch([(nap, (), {})] * 200))
         worker = multiprocessing.get_context("spawn").Process(
-            target=run_worker, args=(path, args.concurrency, 60.0))
+            target=run_worker, args=(path, args.concurrency, 60.0)
+        )
         worker.start()
         time.sleep(2)
         latencies = asyncio.run(measure(path, args.sends))
@@ -78,9 +79,11 @@ def main() -> None:
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    print(f"send latency over {len(latencies)} sends while a worker runs "
-          f"{args.concurrency} tasks: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-          f"max {latencies[-1]:.2f} ms")
+    print(
+        f"send latency over {len(latencies)} sends while a worker runs "
+        f"{args.concurrency} tasks: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+        f"max {latencies[-1]:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

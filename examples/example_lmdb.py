@@ -58,8 +58,10 @@ async def main(db_path: str) -> None:
     await orchestrator.stop()
     for result in reversed(await results.results()):
         outcome = repr(result.value) if result.success else result.error
-        print(f"{result.func_name:<12} attempt {result.attempt}/{result.max_retries + 1}  "
-              f"{result.duration * 1000:6.1f} ms  {outcome}")
+        print(
+            f"{result.func_name:<12} attempt {result.attempt}/{result.max_retries + 1}  "
+            f"{result.duration * 1000:6.1f} ms  {outcome}"
+        )
     await storage.close()
     await results.close()
 

@@ -1,0 +1,1 @@
+"""Runnable Looplane examples; a package so that ``-A examples.myapp.tasks`` imports."""

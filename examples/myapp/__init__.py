@@ -1,0 +1,1 @@
+"""The worker example: tasks in `tasks`, run by ``looplane worker``, sent by `enqueue`."""

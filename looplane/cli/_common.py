@@ -1,0 +1,187 @@
+"""What the commands share: the source options, loading settings, importing app modules.
+
+Every option that overrides a setting defaults to None, and only options the user typed are
+passed on as overrides. Passing typer's defaults along would make them outrank the config
+file and the environment (https://github.com/pallets/click/issues/1264); the built-in
+defaults live in the settings model alone, and ``--help`` shows them from there.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.text import Text
+
+from looplane.cli._output import stderr_console
+from looplane.cli.exit_codes import EXIT_CONFIG
+from looplane.config import StorageSettings, WorkerSettings, load_settings
+from looplane.errors import AppImportError, ConfigError
+from looplane.factory import import_app_modules
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from looplane.config import LoadedSettings
+
+__all__ = [
+    "AppOption",
+    "ConcurrencyOption",
+    "ConfigFileOption",
+    "DbPathOption",
+    "SourceFlags",
+    "StorageOption",
+    "VerboseOption",
+    "fail",
+    "import_apps",
+    "load",
+    "warn",
+]
+
+
+def _default(model: type[StorageSettings | WorkerSettings], field: str) -> str:
+    """The built-in default of a setting, as ``--help`` shows it."""
+    return str(model.model_fields[field].default)
+
+
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        dir_okay=False,
+        help="TOML config file. [default: $LOOPLANE_CONFIG, else ./looplane.toml, "
+        "else \\[tool.looplane] in ./pyproject.toml]",
+        show_default=False,
+    ),
+]
+AppOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-A",
+        "--app",
+        metavar="MODULE",
+        help="Module that registers task functions; repeat for several. Replaces the "
+        "config's app list.",
+        show_default=False,
+    ),
+]
+ConcurrencyOption = Annotated[
+    int | None,
+    typer.Option(
+        "-c",
+        "--concurrency",
+        metavar="N",
+        help="Tasks run at once (worker.concurrency).",
+        show_default=_default(WorkerSettings, "concurrency"),
+    ),
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        metavar="memory|lmdb|IMPORT.PATH",
+        help="Storage backend (storage.backend): an alias or package.module:ClassName.",
+        show_default=_default(StorageSettings, "backend"),
+    ),
+]
+DbPathOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--db-path",
+        metavar="PATH",
+        help="LMDB directory of the queue, and of the results unless results.path is set "
+        "(storage.path).",
+        show_default=_default(StorageSettings, "path"),
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option("-v", "--verbose", help="Log at DEBUG and show full tracebacks."),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFlags:
+    """The options that override settings, exactly as typed; None means not given."""
+
+    config_file: Path | None = None
+    app: Sequence[str] | None = None
+    concurrency: int | None = None
+    storage: str | None = None
+    db_path: Path | None = None
+
+    def overrides(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The dotted settings keys the user set, and the flag that set each."""
+        given: list[tuple[str, object, str]] = [
+            ("app", list(self.app) if self.app else None, "--app"),
+            ("worker.concurrency", self.concurrency, "--concurrency"),
+            ("storage.backend", self.storage, "--storage"),
+            ("storage.path", self.db_path, "--db-path"),
+        ]
+        values = {key: value for key, value, _ in given if value is not None}
+        names = {key: f"flag {flag}" for key, value, flag in given if value is not None}
+        return values, names
+
+
+def load(flags: SourceFlags) -> LoadedSettings:
+    """Resolve the settings from the flags, the environment, the config file and defaults.
+
+    Exits with `EXIT_CONFIG`, printing each problem on its own line, if they are invalid.
+    """
+    overrides, names = flags.overrides()
+    if flags.config_file is not None:
+        names["config"] = "flag --config"
+    try:
+        return load_settings(flags.config_file, overrides=overrides, override_names=names)
+    except ConfigError as exc:
+        fail(exc.problems)
+
+
+def import_apps(modules: Sequence[str], *, verbose: bool) -> dict[str, list[str]]:
+    """Import the app modules; warn about each one that registered no task function.
+
+    Exits with `EXIT_CONFIG` if one fails to import, naming it and the error; `verbose`
+    adds the traceback of the original error.
+    """
+    try:
+        found = import_app_modules(modules)
+    except AppImportError as exc:
+        cause = exc.__cause__
+        details = "".join(traceback.format_exception(cause)) if verbose and cause else None
+        hint = "run with -v for the full traceback" if cause and not verbose else None
+        fail(exc.problems, details=details, hint=hint)
+    for module, names in found.items():
+        if not names:
+            warn(
+                f"app module {module!r} registered no task functions "
+                "(is @register_task missing, or is it the wrong module?)"
+            )
+    return found
+
+
+def fail(
+    problems: Sequence[str],
+    *,
+    code: int = EXIT_CONFIG,
+    details: str | None = None,
+    hint: str | None = None,
+) -> NoReturn:
+    """Print each problem as an ``error:`` line on stderr and exit with `code`."""
+    console = stderr_console()
+    if details:
+        console.print(Text(details.rstrip()), highlight=False)
+    for problem in problems:
+        console.print(Text.assemble(("error:", "bold red"), " ", problem), highlight=False)
+    if hint:
+        console.print(Text(f"({hint})", style="dim"), highlight=False)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print a ``warning:`` line on stderr, in bold yellow on a terminal."""
+    console = stderr_console()
+    console.print(Text.assemble(("warning:", "bold yellow"), " ", message), highlight=False)
