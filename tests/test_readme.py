@@ -45,7 +45,8 @@ def test_readme_quickstart_prints_both_greetings(tmp_path: Path) -> None:
 
 def test_readme_setup_commands_name_example_and_tests() -> None:
     commands = re.findall(r"```bash\n(python3 -m venv .*?)\n```", README)
-    assert commands[0].endswith("examples/example_lmdb.py")
+    assert "looplane worker -A examples.myapp.tasks" in commands[0]
+    assert "examples/myapp/enqueue.py" in commands[0]
     assert commands[1].endswith("-m pytest")
 
 
@@ -59,3 +60,15 @@ def test_example_lmdb_runs_end_to_end(tmp_path: Path) -> None:
     assert flaky[-1].startswith("flaky_total  attempt 3/4")
     assert any(line.startswith("count_words") for line in lines)
     assert any(line.startswith("sha256_of") for line in lines)
+
+
+def test_readme_toml_blocks_are_valid_config(tmp_path: Path) -> None:
+    from looplane.config import load_settings
+
+    blocks = re.findall(r"```toml\n(.*?)```", README, flags=re.DOTALL)
+    assert blocks
+    for block in blocks:
+        path = tmp_path / "looplane.toml"
+        path.write_text(block, encoding="utf-8")
+        loaded = load_settings(path, environ={}, cwd=tmp_path)
+        assert loaded.config_file == path
