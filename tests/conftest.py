@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from looplane._clock import SYSTEM_CLOCK, Clock, FakeClock
 from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
+from tests._rig import Register, Registrar, Rig
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
 BACKENDS = [pytest.param("memory", id="memory"), pytest.param("lmdb", id="lmdb")]
@@ -82,3 +83,19 @@ async def eventually(
             seen = failure if failure is not None else repr(result)
             raise AssertionError(f"not true within {timeout} s; last seen: {seen}") from failure
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(params=BACKENDS)
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    """A storage, results and producer on memory or on LMDB."""
+    opened = Rig.open(request.param, tmp_path)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def tasks() -> Iterator[Register]:
+    """Registers task functions for one test and removes them afterwards."""
+    registrar = Registrar()
+    yield cast("Register", registrar)
+    registrar.clear()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,95 +14,13 @@ from looplane._clock import FakeClock
 from looplane.broker import StorageConsumer, StorageProducer
 from looplane.errors import TaskTimeout
 from looplane.orchestrator import Orchestrator
-from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
-from looplane.storage import InMemoryStorage, LMDBStorage, NewTask, StorageBackend
-from looplane.task import Task, register_task, registry
+from looplane.result import InMemoryResultBackend, LMDBResultBackend
+from looplane.storage import InMemoryStorage, LMDBStorage, NewTask
+from tests._rig import Register, Rig, run_until, until, until_async
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Callable
     from pathlib import Path
-
-
-@dataclass
-class Rig:
-    storage: StorageBackend
-    results: ResultBackend
-    producer: StorageProducer
-    clock: FakeClock | None = None
-
-    def orchestrator(self, concurrency: int = 10, **options: Any) -> Orchestrator:
-        consumer = StorageConsumer(self.storage)
-        return Orchestrator(consumer, self.results, concurrency, **options)
-
-    async def outcome(self, task: Task, timeout: float = 10.0) -> TaskResult:
-        return await self.results.wait(task.id, timeout=timeout)
-
-
-@pytest.fixture(params=["memory", "lmdb"])
-async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
-    storage: StorageBackend
-    results: ResultBackend
-    if request.param == "memory":
-        storage, results = InMemoryStorage(), InMemoryResultBackend()
-    else:
-        storage, results = LMDBStorage(tmp_path / "db"), LMDBResultBackend(tmp_path / "db")
-    yield Rig(storage, results, StorageProducer(storage))
-    await storage.close()
-    await results.close()
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Register(Protocol):
-    @overload
-    def __call__(self, func: F, /) -> F: ...
-
-    @overload
-    def __call__(self, **options: Any) -> Callable[[F], F]: ...
-
-
-@pytest.fixture
-def tasks() -> Iterator[Register]:
-    """Registers task functions for one test and removes them afterwards."""
-    names: list[str] = []
-
-    def register(func: Callable[..., Any] | None = None, **options: Any) -> Any:
-        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            options.setdefault("name", f"test.{fn.__name__}")
-            names.append(options["name"])
-            return register_task(**options)(fn)
-
-        return decorate(func) if func is not None else decorate
-
-    yield cast("Register", register)
-    for name in names:
-        registry.remove(name)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Wait, yielding to the loop, until `predicate()` is true; fail with a deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
-async def until_async(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Wait until the coroutine `probe()` returns something truthy, and return it."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (seen := await probe()):
-        assert asyncio.get_running_loop().time() < deadline, f"last seen: {seen!r}"
-        await asyncio.sleep(0.005)
-    return seen
-
-
-async def run_until(orchestrator: Orchestrator, awaitable: Any) -> Any:
-    await orchestrator.start()
-    try:
-        return await awaitable
-    finally:
-        await orchestrator.stop()
 
 
 async def test_orchestrator_runs_quickstart_tasks(rig: Rig, tasks: Register) -> None:

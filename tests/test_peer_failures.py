@@ -14,10 +14,8 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -33,87 +31,13 @@ from looplane.result import (
     TaskResult,
 )
 from looplane.storage import InMemoryStorage, LMDBStorage, NewTask, QueueCounts, StorageBackend
-from looplane.task import Task, new_task_id, register_task, registry
+from looplane.task import new_task_id
+from tests._rig import Register, Rig, run_until, until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 KINDS = [pytest.param("memory", id="memory"), pytest.param("lmdb", id="lmdb")]
-
-
-# Fixtures and helpers (copied in small from tests/test_orchestrator.py) ----------------------
-
-
-@dataclass
-class Rig:
-    storage: StorageBackend
-    results: ResultBackend
-    producer: StorageProducer
-
-    def orchestrator(self, concurrency: int = 10, **options: Any) -> Orchestrator:
-        return Orchestrator(StorageConsumer(self.storage), self.results, concurrency, **options)
-
-    async def outcome(self, task: Task, timeout: float = 10.0) -> TaskResult:
-        return await self.results.wait(task.id, timeout=timeout)
-
-
-@pytest.fixture(params=KINDS)
-async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
-    storage: StorageBackend
-    results: ResultBackend
-    if request.param == "memory":
-        storage, results = InMemoryStorage(), InMemoryResultBackend()
-    else:
-        storage, results = LMDBStorage(tmp_path / "db"), LMDBResultBackend(tmp_path / "db")
-    yield Rig(storage, results, StorageProducer(storage))
-    await storage.close()
-    await results.close()
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Register(Protocol):
-    @overload
-    def __call__(self, func: F, /) -> F: ...
-
-    @overload
-    def __call__(self, **options: Any) -> Callable[[F], F]: ...
-
-
-@pytest.fixture
-def tasks() -> Iterator[Register]:
-    """Registers task functions for one test and removes them afterwards."""
-    names: list[str] = []
-
-    def register(func: Callable[..., Any] | None = None, **options: Any) -> Any:
-        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            options.setdefault("name", f"test.{fn.__name__}")
-            names.append(options["name"])
-            return register_task(**options)(fn)
-
-        return decorate(func) if func is not None else decorate
-
-    yield cast("Register", register)
-    for name in names:
-        registry.remove(name)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Wait, yielding to the loop, until `predicate()` is true; fail with a deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
-async def run_until(orchestrator: Orchestrator, awaitable: Any) -> Any:
-    await orchestrator.start()
-    try:
-        return await awaitable
-    finally:
-        await orchestrator.stop()
 
 
 def open_results(

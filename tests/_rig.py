@@ -1,0 +1,103 @@
+"""Shared test helpers: a storage + results + producer rig, task registration, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+
+from looplane.broker import StorageConsumer, StorageProducer
+from looplane.orchestrator import Orchestrator
+from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
+from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
+from looplane.task import Task, register_task, registry
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Rig:
+    """A storage, a result backend on the same kind, and a producer for it."""
+
+    storage: StorageBackend
+    results: ResultBackend
+    producer: StorageProducer
+
+    @classmethod
+    def open(cls, kind: str, tmp_path: Path) -> Rig:
+        storage: StorageBackend
+        results: ResultBackend
+        if kind == "memory":
+            storage, results = InMemoryStorage(), InMemoryResultBackend()
+        else:
+            storage, results = LMDBStorage(tmp_path / "db"), LMDBResultBackend(tmp_path / "db")
+        return cls(storage, results, StorageProducer(storage))
+
+    async def close(self) -> None:
+        await self.storage.close()
+        await self.results.close()
+
+    def orchestrator(self, concurrency: int = 10, **options: Any) -> Orchestrator:
+        return Orchestrator(StorageConsumer(self.storage), self.results, concurrency, **options)
+
+    async def outcome(self, task: Task, timeout: float = 10.0) -> TaskResult:
+        return await self.results.wait(task.id, timeout=timeout)
+
+
+class Register(Protocol):
+    """Registers a task function for one test (bare or with options)."""
+
+    @overload
+    def __call__(self, func: F, /) -> F: ...
+
+    @overload
+    def __call__(self, **options: Any) -> Callable[[F], F]: ...
+
+
+class Registrar:
+    """Registers task functions named ``test.<function>`` and forgets them on `clear`."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, func: Callable[..., Any] | None = None, **options: Any) -> Any:
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            options.setdefault("name", f"test.{fn.__name__}")
+            self.names.append(options["name"])
+            return register_task(**options)(fn)
+
+        return decorate(func) if func is not None else decorate
+
+    def clear(self) -> None:
+        for name in self.names:
+            registry.remove(name)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Wait, yielding to the loop, until `predicate()` is true; fail at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def until_async(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Wait until the coroutine `probe()` returns something truthy, and return it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (seen := await probe()):
+        assert asyncio.get_running_loop().time() < deadline, f"last seen: {seen!r}"
+        await asyncio.sleep(0.005)
+    return seen
+
+
+async def run_until(orchestrator: Orchestrator, awaitable: Any) -> Any:
+    """Run `orchestrator` until `awaitable` completes; return its value."""
+    await orchestrator.start()
+    try:
+        return await awaitable
+    finally:
+        await orchestrator.stop()
