@@ -20,7 +20,7 @@ import functools
 import inspect
 import logging
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from looplane import _codec
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane.errors import (
+    BrokerError,
     Cancel,
     ConfigError,
     LeaseLost,
@@ -69,6 +70,7 @@ class _Running:
     runner: asyncio.Task[None]
     interrupted: Interruption | None = None
     recording: bool = False
+    thread: Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -109,7 +111,7 @@ class Orchestrator:
         self.grace_s = grace_s
         self.registry = task_registry
         self.clock = clock
-        self._running: dict[str, _Running] = {}
+        self._running: dict[tuple[str, int], _Running] = {}
         self._slot_free = asyncio.Event()
         self._fetcher: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -118,6 +120,8 @@ class Orchestrator:
         self._executor: ThreadPoolExecutor | None = None
         self._shared_writer = False
         self._recording = 0
+        self._abandoned_threads = 0
+        self._stopped = False
         self.finished = 0
 
     @property
@@ -133,7 +137,7 @@ class Orchestrator:
         recorded, so the next task's claim shares a commit with that result. At most
         `max_concurrent_tasks` more may be recording at once.
         """
-        room = self.max_concurrent_tasks - self.active_tasks
+        room = self.max_concurrent_tasks - self.active_tasks - self._abandoned_threads
         backlog = 2 * self.max_concurrent_tasks - len(self._running)
         return min(room, backlog)
 
@@ -144,6 +148,8 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Start receiving and running tasks in the background; returns at once."""
+        if self._stopped:
+            raise BrokerError("this orchestrator was stopped; create a new one to run again")
         if self._fetcher is not None:
             return
         self.consumer.on_reject = self._record_reject
@@ -205,17 +211,17 @@ class Orchestrator:
 
     def _spawn(self, task: Task) -> None:
         runner = asyncio.create_task(self._process(task), name=f"looplane-task-{task.id}")
-        self._running[task.id] = _Running(task, runner)
-        runner.add_done_callback(functools.partial(self._on_done, task.id))
+        self._running[delivery_key(task)] = _Running(task, runner)
+        runner.add_done_callback(functools.partial(self._on_done, delivery_key(task)))
 
-    def _on_done(self, task_id: str, runner: asyncio.Task[None]) -> None:
-        running = self._running.pop(task_id, None)
+    def _on_done(self, key: tuple[str, int], runner: asyncio.Task[None]) -> None:
+        running = self._running.pop(key, None)
         if running is not None and running.recording:
             self._recording -= 1
         self.finished += 1
         self._slot_free.set()
         if not runner.cancelled() and runner.exception() is not None:  # pragma: no cover
-            logger.error("task runner crashed task_id=%s", task_id, exc_info=runner.exception())
+            logger.error("task runner crashed task_id=%s", key[0], exc_info=runner.exception())
 
     # Running one task ---------------------------------------------------------------------
 
@@ -231,10 +237,13 @@ class Orchestrator:
         )
         try:
             value = await self._execute(entry, task)
-        except asyncio.CancelledError:
-            await self._interrupted(task)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is recorded
+        except asyncio.CancelledError as exc:
+            if _cancel_requested():
+                await self._interrupted(task)
+                raise
+            # The task's own code raised CancelledError; nobody cancelled the runner.
+            await self._record(task, self._finish_failure(attempt, exc))
+        except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even SystemExit
             await self._record(task, self._finish_failure(attempt, exc))
         else:
             await self._record(task, self._finish_success(attempt, value))
@@ -245,35 +254,76 @@ class Orchestrator:
                 task_id=task.id, name=task.name, attempt=task.attempt, max_retries=task.max_retries
             )
         )
-        if entry.is_async:
-            call: Awaitable[Any] = entry.func(*task.args, **task.kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()
-            call = loop.run_in_executor(
-                self._executor,
-                functools.partial(context.run, entry.func, *task.args, **task.kwargs),
-            )
+        if not entry.is_async:
+            return await self._execute_in_thread(entry, task)
         if task.timeout is None:
-            return await call
+            return await entry.func(*task.args, **task.kwargs)
+        return await self._with_timeout(task, entry.func(*task.args, **task.kwargs))
+
+    async def _with_timeout(self, task: Task, call: Awaitable[Any]) -> Any:
+        assert task.timeout is not None
         timer = asyncio.timeout(task.timeout)
+        started = self.clock.monotonic()
         try:
             async with timer:
-                return await call
+                value = await call
         except TimeoutError:
             if not timer.expired():
                 raise
-            raise TaskTimeout(
-                f"attempt timed out after {task.timeout:g}s",
-                task_id=task.id,
-                timeout_s=task.timeout,
-            ) from None
+            raise _timed_out(task, task.timeout) from None
+        # A task that swallowed the cancellation, or blocked the loop so the timer could not
+        # fire, still overran: it is recorded as timed out all the same.
+        elapsed = self.clock.monotonic() - started
+        if timer.expired() or elapsed > task.timeout:
+            if inspect.iscoroutine(value):
+                value.close()
+            raise _timed_out(task, elapsed)
+        return value
+
+    async def _execute_in_thread(self, entry: TaskFunction, task: Task) -> Any:
+        # The timeout starts when a thread picks the task up, not while it waits for one;
+        # a thread abandoned on timeout or stop still counts against capacity until it ends,
+        # so the orchestrator never leases tasks it has no thread for.
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def run() -> Any:
+            loop.call_soon_threadsafe(_resolve, started)
+            return context.run(entry.func, *task.args, **task.kwargs)
+
+        thread = self._executor.submit(run)
+        running = self._running.get(delivery_key(task))
+        if running is not None:
+            running.thread = thread
+        try:
+            await started
+            if task.timeout is None:
+                return await asyncio.wrap_future(thread)
+            return await self._with_timeout(task, asyncio.wrap_future(thread))
+        finally:
+            if not thread.done() and not thread.cancel():
+                self._abandon_thread(thread, loop)
+
+    def _abandon_thread(self, thread: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._abandoned_threads += 1
+
+        def finished(_: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._thread_finished)
+
+        thread.add_done_callback(finished)
+
+    def _thread_finished(self) -> None:
+        self._abandoned_threads -= 1
+        self._slot_free.set()
 
     async def _record(self, task: Task, step: Awaitable[None]) -> None:
         # Once the attempt is over, recording and acking run to the end: the orchestrator
         # never interrupts a task in this step, because a half-recorded outcome is what
         # leaves tasks stuck or lost.
-        running = self._running.get(task.id)
+        running = self._running.get(delivery_key(task))
         if running is not None:
             running.recording = True
             self._recording += 1
@@ -429,22 +479,47 @@ class Orchestrator:
             await self.result_backend.store(result)
 
     async def _interrupted(self, task: Task) -> None:
-        running = self._running.get(task.id)
+        running = self._running.get(delivery_key(task))
         reason = running.interrupted if running else None
         log = task_log(logger, task)
-        if reason == "shutdown":
-            with contextlib.suppress(LeaseLost, TimeoutError):
-                async with asyncio.timeout(_REQUEUE_DEADLINE_S):
-                    await asyncio.shield(self.consumer.nack(task, count_attempt=False))
-            log.warning(
-                "interrupted by shutdown, requeued outcome=interrupted",
-                extra={"outcome": "interrupted"},
-            )
-        elif reason == "lease_lost":
+        if reason == "lease_lost":
             log.warning(
                 "cancelled: lease lost, another worker may run it outcome=lease_lost",
                 extra={"outcome": "lease_lost"},
             )
+            return
+        if reason != "shutdown":
+            return
+        if running is not None and not await self._thread_ended(running):
+            # Requeueing now would let another worker run it while this thread still does.
+            log.warning(
+                "interrupted by shutdown, but its thread still runs; left leased, it "
+                "runs again after its lease outcome=interrupted",
+                extra={"outcome": "interrupted"},
+            )
+            return
+        with contextlib.suppress(LeaseLost, TimeoutError):
+            async with asyncio.timeout(_REQUEUE_DEADLINE_S):
+                await asyncio.shield(self.consumer.nack(task, count_attempt=False))
+        log.warning(
+            "interrupted by shutdown, requeued outcome=interrupted",
+            extra={"outcome": "interrupted"},
+        )
+
+    async def _thread_ended(self, running: _Running) -> bool:
+        # A thread cannot be cancelled, and the process cannot exit before it ends anyway, so
+        # a graceful stop waits for it; a forced stop does not.
+        if running.thread is None or running.thread.done():
+            return True
+        task_log(logger, running.task).warning(
+            "waiting for its thread to end before requeueing (stop again to leave it leased)"
+        )
+        forced = asyncio.ensure_future(self._force.wait())
+        await asyncio.wait(
+            [asyncio.wrap_future(running.thread), forced], return_when=asyncio.FIRST_COMPLETED
+        )
+        forced.cancel()
+        return running.thread.done()
 
     async def _reject_unknown(self, task: Task) -> None:
         reason = f"unknown task {task.name!r}: no loaded module registered it"
@@ -471,10 +546,10 @@ class Orchestrator:
             await self._store(
                 TaskResult(
                     task_id=rejected.task_id,
-                    func_name="<undecodable>",
+                    func_name=rejected.name or "<undecodable>",
                     success=False,
                     error=rejected.reason,
-                    error_type="looplane.errors.SerializationError",
+                    error_type=None if rejected.name else "looplane.errors.SerializationError",
                     attempt=rejected.attempt,
                     max_retries=rejected.max_attempts - 1,
                     finished_at=datetime.fromtimestamp(self.clock.time(), UTC),
@@ -500,10 +575,10 @@ class Orchestrator:
                 logger.warning("lease renewal failed; retrying", exc_info=True)
                 continue
             for task in lost:
-                self._interrupt(task.id, "lease_lost")
+                self._interrupt(delivery_key(task), "lease_lost")
 
-    def _interrupt(self, task_id: str, reason: Interruption) -> None:
-        running = self._running.get(task_id)
+    def _interrupt(self, key: tuple[str, int], reason: Interruption) -> None:
+        running = self._running.get(key)
         if running is None or running.recording:
             return
         running.interrupted = reason
@@ -523,6 +598,7 @@ class Orchestrator:
                 await self._renewer
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped = True
         logger.info("orchestrator stopped finished=%d", self.finished)
 
     async def _drain(self) -> None:
@@ -535,8 +611,14 @@ class Orchestrator:
             return
         logger.warning("interrupting %d running tasks", len(left))
         for running in left:
-            self._interrupt(running.task.id, "shutdown")
-        _, stuck = await asyncio.wait({r.runner for r in left}, timeout=_CANCEL_DEADLINE_S)
+            self._interrupt(delivery_key(running.task), "shutdown")
+        # Runners of plain-def tasks wait for their thread (or a forced stop) on their own.
+        threaded = {r.runner for r in left if r.thread is not None and not r.thread.done()}
+        stuck: set[asyncio.Task[None]] = set()
+        if others := {r.runner for r in left} - threaded:
+            _, stuck = await asyncio.wait(others, timeout=_CANCEL_DEADLINE_S)
+        if threaded:
+            await asyncio.wait(threaded)
         for running in left:
             if running.runner in stuck:
                 task_log(logger, running.task).warning(
@@ -557,6 +639,34 @@ class Orchestrator:
                 runners = {r for r in runners if not r.done()}
         finally:
             forced.cancel()
+
+
+def delivery_key(task: Task) -> tuple[str, int]:
+    """The key of one delivery of a task, its id and attempt.
+
+    A worker can hold a second delivery of a task whose first lease ran out while it still
+    ran, so the task id alone does not name a delivery.
+    """
+    return task.id, task.attempt
+
+
+def _cancel_requested() -> bool:
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _timed_out(task: Task, elapsed_s: float) -> TaskTimeout:
+    assert task.timeout is not None
+    if elapsed_s > task.timeout * 1.01 + 0.05:
+        message = f"attempt ran {elapsed_s:.2f}s, past its timeout of {task.timeout:g}s"
+    else:
+        message = f"attempt timed out after {task.timeout:g}s"
+    return TaskTimeout(message, task_id=task.id, timeout_s=task.timeout)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import pytest
 from looplane import Cancel, Retry, current_task
 from looplane._clock import FakeClock
 from looplane.broker import StorageConsumer, StorageProducer
-from looplane.errors import TaskTimeout
+from looplane.errors import BrokerError, TaskTimeout
 from looplane.orchestrator import Orchestrator
 from looplane.result import InMemoryResultBackend, LMDBResultBackend
 from looplane.storage import InMemoryStorage, LMDBStorage, NewTask
@@ -597,3 +597,115 @@ async def test_orchestrator_time_in_results_is_consistent(rig: Rig, tasks: Regis
     assert final.fetched_at <= final.started_at <= final.finished_at
     assert final.finished_at.timestamp() >= before
     assert final.duration >= 0.01
+
+
+async def test_orchestrator_task_raising_cancelled_error_is_a_failure(
+    rig: Rig, tasks: Register
+) -> None:
+    @tasks(backoff="none")
+    async def cancels_itself() -> None:
+        raise asyncio.CancelledError
+
+    task = await rig.producer.send(cancels_itself, retries=1)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert (final.success, final.attempt) == (False, 2)
+    assert final.error_type == "asyncio.exceptions.CancelledError"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(SystemExit(3), id="system-exit"),
+        pytest.param(KeyboardInterrupt(), id="keyboard-interrupt"),
+        pytest.param(BaseException("odd"), id="base-exception"),
+    ],
+)
+@pytest.mark.parametrize("sync", [pytest.param(False, id="async"), pytest.param(True, id="sync")])
+async def test_orchestrator_base_exceptions_from_tasks_do_not_stop_the_worker(
+    rig: Rig, tasks: Register, error: BaseException, sync: bool
+) -> None:
+    def body() -> None:
+        raise error
+
+    async def abody() -> None:
+        raise error
+
+    exits = tasks(name="test.exits")(body if sync else abody)
+
+    @tasks
+    async def after() -> str:
+        return "alive"
+
+    failed = await rig.producer.send(exits, retries=0)
+    alive = await rig.producer.send(after)
+    outcomes = await run_until(
+        rig.orchestrator(), asyncio.gather(rig.outcome(failed), rig.outcome(alive))
+    )
+    assert not outcomes[0].success
+    assert outcomes[0].error_type == type(error).__name__
+    assert outcomes[1].value == "alive"
+
+
+async def test_orchestrator_timeout_holds_when_the_task_swallows_cancellation(
+    rig: Rig, tasks: Register
+) -> None:
+    @tasks
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)
+        return "finished anyway"
+
+    task = await rig.producer.send(stubborn, retries=0, timeout=0.1)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert not final.success
+    assert final.error_type == "looplane.errors.TaskTimeout"
+
+
+async def test_orchestrator_timeout_holds_when_the_task_blocks_the_loop(
+    rig: Rig, tasks: Register
+) -> None:
+    @tasks
+    async def blocks_loop() -> str:
+        time.sleep(0.3)  # noqa: ASYNC251 - blocking the loop is what this test is about
+        return "too late"
+
+    task = await rig.producer.send(blocks_loop, retries=0, timeout=0.1)
+    final = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert final.error is not None
+    assert "past its timeout of 0.1s" in final.error
+
+
+async def test_orchestrator_abandoned_threads_do_not_starve_later_sync_tasks(
+    rig: Rig, tasks: Register
+) -> None:
+    release = threading.Event()
+
+    @tasks
+    def hangs() -> None:
+        release.wait(10)
+
+    @tasks
+    def quick() -> str:
+        return "ran"
+
+    hung = await rig.producer.send_batch([(hangs, (), {})] * 2, retries=0, timeout=0.2)
+    orchestrator = rig.orchestrator(2)
+    await orchestrator.start()
+    for task in hung:
+        assert (await rig.outcome(task)).error_type == "looplane.errors.TaskTimeout"
+    assert orchestrator.capacity == 0
+    later = await rig.producer.send(quick, retries=0, timeout=0.2)
+    release.set()
+    final = await rig.outcome(later)
+    await orchestrator.stop()
+    assert (final.success, final.value) == (True, "ran")
+
+
+async def test_orchestrator_cannot_start_again_after_stop(rig: Rig) -> None:
+    orchestrator = rig.orchestrator()
+    await orchestrator.start()
+    await orchestrator.stop()
+    with pytest.raises(BrokerError, match="create a new one"):
+        await orchestrator.start()

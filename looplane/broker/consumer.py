@@ -51,12 +51,17 @@ def new_consumer_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A delivery the consumer could not turn into a task, and set aside."""
+    """A delivery the consumer set aside instead of handing it out.
+
+    Its payload could not be decoded, or its worker was lost during its last allowed attempt.
+    """
 
     task_id: str
     reason: str
     attempt: int
     max_attempts: int
+    name: str | None = None
+    """The task's name, when its payload could be read."""
 
 
 class Consumer(ABC):
@@ -157,7 +162,7 @@ class StorageConsumer(Consumer):
         self.queue = queue
         self.clock = clock
         self.consumer_id = consumer_id or new_consumer_id()
-        self._claims: dict[str, Claim] = {}
+        self._claims: dict[tuple[str, int], Claim] = {}
         self._watcher: Watcher | None = None
         self._background: set[asyncio.Task[bool]] = set()
         self._abandoned: set[asyncio.Future[list[Claim]]] = set()
@@ -214,7 +219,7 @@ class StorageConsumer(Consumer):
     def _give_back(self, claims: list[Claim]) -> None:
         """Release `claims` in the background without counting their attempts."""
         for claim in claims:
-            self._claims.pop(claim.task_id, None)
+            self._claims.pop((claim.task_id, claim.attempt), None)
             job = asyncio.create_task(self.storage.release(claim, count_attempt=False))
             self._background.add(job)
             job.add_done_callback(self._background.discard)
@@ -239,12 +244,22 @@ class StorageConsumer(Consumer):
         except SerializationError as exc:
             await self._reject(claim, f"undecodable payload: {exc}")
             return None
+        if claim.attempt > claim.max_attempts:
+            # The storage hands out a task whose worker died during its last allowed attempt
+            # once more, so that this outcome gets a result and a log line, not silence.
+            reason = (
+                f"lease expired on the last attempt ({claim.max_attempts} of "
+                f"{claim.max_attempts}): the worker running it was lost"
+            )
+            await self._reject(claim, reason, name=task.name)
+            return None
         task.attempt = claim.attempt
+        task.max_retries = claim.max_attempts - 1
         task.fetched_at = fetched_at
-        self._claims[task.id] = claim
+        self._claims[(task.id, task.attempt)] = claim
         return task
 
-    async def _reject(self, claim: Claim, reason: str) -> None:
+    async def _reject(self, claim: Claim, reason: str, *, name: str | None = None) -> None:
         logger.error(
             "task %s set aside: %s",
             claim.task_id,
@@ -257,13 +272,14 @@ class StorageConsumer(Consumer):
                 Rejected(
                     task_id=claim.task_id,
                     reason=reason,
-                    attempt=claim.attempt,
+                    attempt=min(claim.attempt, claim.max_attempts),
                     max_attempts=claim.max_attempts,
+                    name=name,
                 )
             )
 
     def _take(self, task: Task, operation: str) -> Claim:
-        claim = self._claims.pop(task.id, None)
+        claim = self._claims.pop((task.id, task.attempt), None)
         if claim is None:
             raise LeaseLost(task_id=task.id, operation=operation)
         return claim
@@ -294,13 +310,13 @@ class StorageConsumer(Consumer):
 
     async def renew(self, tasks: Sequence[Task]) -> list[Task]:
         """Extend the leases of `tasks`; returns (and forgets) those that were lost."""
-        held = [t for t in tasks if t.id in self._claims]
+        held = [t for t in tasks if (t.id, t.attempt) in self._claims]
         if not held:
             return []
-        alive = await self.storage.renew([self._claims[t.id] for t in held])
+        alive = await self.storage.renew([self._claims[(t.id, t.attempt)] for t in held])
         lost = [task for task, ok in zip(held, alive, strict=True) if not ok]
         for task in lost:
-            self._claims.pop(task.id, None)
+            self._claims.pop((task.id, task.attempt), None)
         return lost
 
     @property

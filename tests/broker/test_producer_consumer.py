@@ -12,15 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from looplane._clock import FakeClock
 from looplane.broker import JSONSerializer, Rejected, StorageConsumer, StorageProducer
 from looplane.errors import BrokerError, LeaseLost, SerializationError
 from looplane.storage import NewTask, QueueCounts
 from looplane.task import register_task, registry
+from tests.conftest import open_test_storage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
 
-    from looplane._clock import FakeClock
     from looplane.storage import Claim, StorageBackend, Watcher
     from looplane.task import Task
 
@@ -449,3 +451,29 @@ async def test_async_context_managers_close_producer_and_consumer(
         await producer.send(echo)
     with pytest.raises(BrokerError, match=r"^consumer is closed$"):
         await consumer.receive(timeout=0)
+
+
+@pytest.mark.parametrize("kind", ["memory", "lmdb"])
+async def test_consumer_keeps_two_deliveries_of_one_task_apart(kind: str, tmp_path: Path) -> None:
+    """A worker whose lease ran out while it still ran a task may receive that task again; a
+    late ack of the first delivery must not end the second one."""
+    clock = FakeClock()
+    storage = open_test_storage(kind, tmp_path, clock=clock)
+    await StorageProducer(storage).send("test.some_task")
+    consumer = StorageConsumer(storage, clock=clock)
+
+    first = await consumer.receive(timeout=0)
+    assert first is not None
+    clock.advance(storage.default_lease_s + 1)
+    second = await consumer.receive(timeout=0)
+    assert second is not None
+    assert (first.id, first.attempt, second.attempt) == (second.id, 1, 2)
+
+    with pytest.raises(LeaseLost):
+        await consumer.ack(first)
+    assert (await storage.counts()).leased == 1
+    await consumer.ack(second)
+    counts = await storage.counts()
+    assert (counts.ready, counts.leased, counts.dead) == (0, 0, 0)
+    await consumer.close()
+    await storage.close()
