@@ -6,6 +6,7 @@ from looplane.storage.base import (
     NewTask,
     QueueCounts,
     StorageBackend,
+    TaskInfo,
     TaskState,
     Watcher,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "NewTask",
     "QueueCounts",
     "StorageBackend",
+    "TaskInfo",
     "TaskState",
     "Watcher",
 ]

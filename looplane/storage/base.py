@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Self
 
+from looplane.errors import ConfigError
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from types import TracebackType
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "NewTask",
     "QueueCounts",
     "StorageBackend",
+    "TaskInfo",
     "TaskState",
     "Watcher",
 ]
@@ -84,6 +87,30 @@ class DeadTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A stored task as inspection tools see it: its state, attempts and encoded bytes.
+
+    It is a snapshot: by the time a caller reads it the task may have moved on. A delayed
+    task whose delay has passed, or a leased task whose lease ran out, keeps its recorded
+    state until a consumer's next claim moves it.
+    """
+
+    task_id: str
+    state: TaskState
+    attempts: int
+    """Attempts started so far (raised at claim time, so a leased task counts its own)."""
+    max_attempts: int
+    enqueued_at: float
+    """Wall-clock time (epoch seconds) at which the task was stored."""
+    payload: bytes
+    """The encoded task, as the producer's serializer wrote it (name, arguments, options)."""
+    reason: str | None = None
+    """Why it was dead-lettered; None unless `state` is dead."""
+    failed_at: float | None = None
+    """Wall-clock time (epoch seconds) it was dead-lettered; None unless `state` is dead."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueueCounts:
     """How many tasks storage holds in each state."""
 
@@ -98,6 +125,16 @@ def lease_for(timeout_s: float | None, default_lease_s: float) -> float:
     if timeout_s is None:
         return default_lease_s
     return timeout_s + LEASE_GRACE_S
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Refuse a negative page size or offset, as `StorageBackend.tasks` promises.
+
+    Raises:
+        ConfigError: `limit` or `offset` is negative.
+    """
+    if limit < 0 or offset < 0:
+        raise ConfigError(f"limit and offset must be at least 0; got {limit=} {offset=}")
 
 
 class Watcher(ABC):
@@ -195,6 +232,42 @@ class StorageBackend(ABC):
     @abstractmethod
     async def requeue_dead(self, task_id: str) -> bool:
         """Move a dead-lettered task back to ready with fresh attempts; False if not dead."""
+
+    @abstractmethod
+    async def tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        queue: str = "default",
+    ) -> list[TaskInfo]:
+        """Tasks of `queue` in `states` (every state if None), newest first.
+
+        Skips the first `offset` matches and returns at most `limit`, so a viewer pages
+        with ``offset=page * limit``; the work done grows with ``offset + limit``, not with
+        the size of the queue beyond them. "Newest" is by time of sending; a backend may
+        approximate it (see its docstring). Reading never delays a consumer.
+
+        Raises:
+            ConfigError: `limit` or `offset` is negative.
+        """
+
+    @abstractmethod
+    async def purge(self, *, queue: str = "default") -> int:
+        """Remove every ready and delayed task of `queue` for good; return how many.
+
+        Leased tasks stay (a running task must not vanish under its worker) and so do
+        dead-lettered ones (see `purge_dead`). It is one atomic write: if cancelled, either
+        all of them are removed or none.
+        """
+
+    @abstractmethod
+    async def purge_dead(self) -> int:
+        """Remove every dead-lettered task, of every queue, for good; return how many.
+
+        It is one atomic write: if cancelled, either all of them are removed or none.
+        """
 
     async def close(self) -> None:  # noqa: B027 - backends without resources need nothing
         """Release the backend's resources. Further calls raise `StorageUnavailable`."""

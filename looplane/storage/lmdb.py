@@ -28,7 +28,7 @@ import asyncio
 import functools
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from looplane._clock import SYSTEM_CLOCK, Clock
@@ -48,13 +48,15 @@ from looplane.storage.base import (
     NewTask,
     QueueCounts,
     StorageBackend,
+    TaskInfo,
     TaskState,
     Watcher,
+    check_page,
     lease_for,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
 __all__ = ["LMDBStorage"]
 
@@ -72,6 +74,9 @@ _STATES = {code: state for state, code in _STATE_CODES.items()}
 _MAX_MAINTENANCE = 1000
 # Without inotify, a waiting consumer polls this often.
 _POLL_S = 0.5
+# How many task records one read transaction of `tasks` examines. A listing resumes in a
+# fresh transaction after each batch, so no reader pins old pages for long.
+_SCAN_BATCH = 1024
 
 
 @dataclass(slots=True)
@@ -553,6 +558,119 @@ class LMDBStorage(StorageBackend):
             )
         return found
 
+    async def tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        queue: str = "default",
+    ) -> list[TaskInfo]:
+        """Tasks of `queue` in `states`, newest first; see `StorageBackend.tasks`.
+
+        Note:
+            "Newest first" is the reverse order of task ids. The ids `new_task_id` makes
+            start with their creation time in milliseconds, so this is sending order to the
+            millisecond; tasks created in the same millisecond, or with ids from elsewhere,
+            come in id order. The listing reads batches of records in separate short
+            transactions, so a task that changes state meanwhile may be missed or shown
+            in its old state, but never twice.
+        """
+        check_page(limit, offset)
+        scan = _TaskScan(
+            queue=queue,
+            states=None if states is None else frozenset(states),
+            skip=offset,
+            want=limit,
+        )
+        while not scan.done:
+            await self.env.read(lambda txn: self._scan_tasks(txn, scan))
+        return scan.found
+
+    def _scan_tasks(self, txn: Txn, scan: _TaskScan) -> None:
+        dbs = self.env.dbs
+        qid = self._queue_id(txn, scan.queue, create=False)
+        cursor = txn.cursor(db=dbs["jobs"])
+        positioned = qid is not None and len(scan.found) < scan.want and _before(cursor, scan.after)
+        examined = 0
+        while positioned and examined < _SCAN_BATCH:
+            key = cursor.key()
+            header = _Header.unpack(cursor.value())
+            if header.qid == qid and (scan.states is None or header.state in scan.states):
+                if scan.skip:
+                    scan.skip -= 1
+                else:
+                    scan.found.append(self._info(txn, key, header))
+            scan.after = key
+            examined += 1
+            positioned = len(scan.found) < scan.want and cursor.prev()
+        scan.done = not positioned
+
+    def _info(self, txn: Txn, key: bytes, header: _Header) -> TaskInfo:
+        dbs = self.env.dbs
+        reason = failed_at = None
+        if header.state is TaskState.DEAD:
+            dead_key = _DEAD_KEY.pack(header.qid, header.due_ms, key)
+            reason = _need(txn, dead_key, dbs["dead"]).decode("utf-8", "replace")
+            failed_at = header.due_ms / 1000
+        return TaskInfo(
+            task_id=key.hex(),
+            state=header.state,
+            attempts=header.attempts,
+            max_attempts=header.max_attempts,
+            enqueued_at=header.enqueued_ms / 1000,
+            payload=_need(txn, key, dbs["payloads"]),
+            reason=reason,
+            failed_at=failed_at,
+        )
+
+    async def purge(self, *, queue: str = "default") -> int:
+        """Remove the ready and delayed tasks of `queue`; see `StorageBackend.purge`.
+
+        Note:
+            The removal is one write transaction, and consumers in every process wait for
+            it to commit: purging millions of tasks holds them up for as long as it takes.
+        """
+        return await self.env.write(lambda txn: self._purge(txn, queue))
+
+    def _purge(self, txn: Txn, queue: str) -> int:
+        dbs = self.env.dbs
+        qid = self._queue_id(txn, queue, create=False)
+        if qid is None:
+            return 0
+        removed = 0
+        prefix = _U32.pack(qid)
+        cursor = txn.cursor(db=dbs["ready"])
+        while cursor.set_range(prefix) and cursor.key()[:4] == prefix:
+            key = cursor.value()
+            cursor.delete()
+            _forget(txn, dbs, key)
+            removed += 1
+
+        # Delays of every queue share one index ordered by due time, so each entry's queue
+        # is read from its header.
+        doomed = [
+            (delay_key, key)
+            for delay_key, key in txn.cursor(db=dbs["delayed"])
+            if _Header.unpack(_need(txn, key, dbs["jobs"])).qid == qid
+        ]
+        for delay_key, key in doomed:
+            txn.delete(delay_key, db=dbs["delayed"])
+            _forget(txn, dbs, key)
+        return removed + len(doomed)
+
+    async def purge_dead(self) -> int:
+        """Remove every dead-lettered task; see `StorageBackend.purge_dead`."""
+        return await self.env.write(self._purge_dead)
+
+    def _purge_dead(self, txn: Txn) -> int:
+        dbs = self.env.dbs
+        doomed = list(txn.cursor(db=dbs["dead"]).iternext(keys=True, values=False))
+        for dead_key in doomed:
+            txn.delete(dead_key, db=dbs["dead"])
+            _forget(txn, dbs, _DEAD_KEY.unpack(dead_key)[2])
+        return len(doomed)
+
     async def close(self) -> None:
         """Give back this storage's hold on the environment; idempotent."""
         env, self._env = self._env, None
@@ -567,6 +685,35 @@ def _need(txn: Txn, key: bytes, db: Any) -> bytes:
             f"LMDB store is inconsistent: record {key.hex()} is missing", backend="lmdb"
         )
     return value
+
+
+@dataclass(slots=True)
+class _TaskScan:
+    """Where a `tasks` listing stands between its read transactions."""
+
+    queue: str
+    states: frozenset[TaskState] | None
+    skip: int
+    want: int
+    after: bytes | None = None
+    """The last task key examined; the next batch starts just below it."""
+    found: list[TaskInfo] = field(default_factory=list)
+    done: bool = False
+
+
+def _before(cursor: Any, key: bytes | None) -> bool:
+    """Put `cursor` on the greatest key below `key` (the last key if None); False if none."""
+    if key is None:
+        return bool(cursor.last())
+    if cursor.set_range(key):
+        return bool(cursor.prev())
+    return bool(cursor.last())
+
+
+def _forget(txn: Txn, dbs: dict[str, Any], key: bytes) -> None:
+    """Delete a task's record and payload (its index entries are the caller's business)."""
+    txn.delete(key, db=dbs["jobs"])
+    txn.delete(key, db=dbs["payloads"])
 
 
 def _count_prefix(txn: Txn, db: Any, prefix: bytes) -> int:

@@ -21,13 +21,15 @@ from looplane.storage.base import (
     NewTask,
     QueueCounts,
     StorageBackend,
+    TaskInfo,
     TaskState,
     Watcher,
+    check_page,
     lease_for,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
 __all__ = ["InMemoryStorage"]
 
@@ -48,6 +50,8 @@ class _Entry:
     """Lease expiry while leased, due time while delayed (both on the boot clock)."""
     reason: str = ""
     failed_at: float = 0.0
+    enqueued_at: float = 0.0
+    """Wall-clock time of the send, for inspection only."""
 
 
 class InMemoryStorage(StorageBackend):
@@ -79,6 +83,7 @@ class InMemoryStorage(StorageBackend):
         """Store `tasks`; see `StorageBackend.enqueue`."""
         self._check_open()
         now = self.clock.monotonic()
+        sent_at = self.clock.time()
         for new in tasks:
             entry = _Entry(
                 task_id=new.task_id,
@@ -88,6 +93,7 @@ class InMemoryStorage(StorageBackend):
                 queue=new.queue,
                 priority=new.priority,
                 seq=next(self._seq),
+                enqueued_at=sent_at,
             )
             self._entries[new.task_id] = entry
             if new.delay_s > 0:
@@ -278,12 +284,71 @@ class InMemoryStorage(StorageBackend):
         self._ring()
         return True
 
+    async def tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        queue: str = "default",
+    ) -> list[TaskInfo]:
+        """Tasks of `queue` in `states`, newest sent first; see `StorageBackend.tasks`."""
+        check_page(limit, offset)
+        self._check_open()
+        wanted = None if states is None else frozenset(states)
+        matches = [
+            e
+            for e in self._entries.values()
+            if e.queue == queue and (wanted is None or e.state in wanted)
+        ]
+        matches.sort(key=lambda e: e.seq, reverse=True)
+        return [_info(e) for e in matches[offset : offset + limit]]
+
+    async def purge(self, *, queue: str = "default") -> int:
+        """Remove the ready and delayed tasks of `queue`; see `StorageBackend.purge`."""
+        self._check_open()
+        doomed = [
+            e.task_id
+            for e in self._entries.values()
+            if e.queue == queue and e.state in (TaskState.READY, TaskState.DELAYED)
+        ]
+        for task_id in doomed:
+            del self._entries[task_id]
+        # Claims index the ready heap without checking it, so it must hold only live
+        # tasks; the shared delay heap is rebuilt too, so no stale entry wakes a waiter.
+        self._ready.pop(queue, None)
+        self._delayed = [item for item in self._delayed if item[2] in self._entries]
+        heapq.heapify(self._delayed)
+        return len(doomed)
+
+    async def purge_dead(self) -> int:
+        """Remove every dead-lettered task; see `StorageBackend.purge_dead`."""
+        self._check_open()
+        doomed = [e.task_id for e in self._entries.values() if e.state is TaskState.DEAD]
+        for task_id in doomed:
+            del self._entries[task_id]
+        return len(doomed)
+
     async def close(self) -> None:
         """Drop every task and refuse further calls."""
         self._closed = True
         self._entries.clear()
         for watcher in list(self._watchers):
             watcher.ring()
+
+
+def _info(entry: _Entry) -> TaskInfo:
+    dead = entry.state is TaskState.DEAD
+    return TaskInfo(
+        task_id=entry.task_id,
+        state=entry.state,
+        attempts=entry.attempts,
+        max_attempts=entry.max_attempts,
+        enqueued_at=entry.enqueued_at,
+        payload=entry.payload,
+        reason=entry.reason if dead else None,
+        failed_at=entry.failed_at if dead else None,
+    )
 
 
 class _MemoryWatcher(Watcher):
