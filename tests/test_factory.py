@@ -352,7 +352,8 @@ BACKEND_ERRORS = [
         "storage",
         f"{PLUGINS}:HalfStorage",
         r"^storage\.backend: class HalfStorage is abstract; it does not implement: ack, bury, "
-        r"claim, counts, dead_tasks, enqueue, release, renew, requeue_dead, watch \(got ",
+        r"claim, counts, dead_tasks, enqueue, purge, purge_dead, release, renew, requeue_dead, "
+        r"tasks, watch \(got ",
         id="abstract",
     ),
     pytest.param(

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from looplane.task import Task
+
 
 async def test_orchestrator_runs_quickstart_tasks(rig: Rig, tasks: Register) -> None:
     @tasks
@@ -709,3 +711,59 @@ async def test_orchestrator_cannot_start_again_after_stop(rig: Rig) -> None:
     await orchestrator.stop()
     with pytest.raises(BrokerError, match="create a new one"):
         await orchestrator.start()
+
+
+async def test_worker_lost_on_last_attempt_gets_a_failed_result(tasks: Register) -> None:
+    """A task whose worker dies on its last attempt is set aside with a result and a log
+    line, not silently."""
+    clock = FakeClock()
+    storage = InMemoryStorage(clock=clock)
+    results = InMemoryResultBackend()
+
+    @tasks
+    async def fragile() -> None:
+        return None
+
+    task = await StorageProducer(storage).send(fragile, retries=0)
+    doomed = StorageConsumer(storage, clock=clock)
+    assert await doomed.receive(timeout=0) is not None
+    clock.advance(storage.default_lease_s + 1)
+
+    orchestrator = Orchestrator(StorageConsumer(storage, clock=clock), results, 2)
+    final = await run_until(orchestrator, results.wait(task.id, timeout=10))
+    assert (final.success, final.func_name, final.attempt) == (False, "test.fragile", 1)
+    assert final.error is not None
+    assert "lease expired on the last attempt (1 of 1)" in final.error
+    assert (await storage.counts()).dead == 1
+
+
+async def test_requeued_dead_task_runs_again_without_hiding_its_new_result(
+    rig: Rig, tasks: Register
+) -> None:
+    healthy = False
+
+    @tasks(backoff="none")
+    async def sometimes() -> str:
+        if not healthy:
+            raise ValueError("down")
+        return "up"
+
+    task = await rig.producer.send(sometimes, retries=1)
+    failed = await run_until(rig.orchestrator(), rig.outcome(task))
+    assert (failed.success, failed.attempt) == (False, 2)
+
+    healthy = True
+    assert await rig.storage.requeue_dead(task.id)
+    orchestrator = rig.orchestrator()
+    await orchestrator.start()
+    await until_async(lambda: _succeeded(rig, task))
+    await orchestrator.stop()
+    latest = await rig.results.get(task.id)
+    assert latest is not None
+    assert (latest.success, latest.value, latest.attempt) == (True, "up", 3)
+    assert [r.success for r in await rig.results.attempts(task.id)] == [False, False, True]
+
+
+async def _succeeded(rig: Rig, task: Task) -> bool:
+    latest = await rig.results.get(task.id)
+    return latest is not None and latest.success

@@ -190,9 +190,11 @@ class StorageBackend(ABC):
         """Lease up to `limit` ready tasks, highest priority first, oldest first within one.
 
         Before taking ready tasks it moves due delayed tasks to ready, and takes back tasks
-        whose lease ran out: to ready, or to the dead-letter store if that lease was on their
-        last attempt. The attempt count is raised here, at claim time, so a task that kills
-        its worker still runs out of attempts.
+        whose lease ran out. The attempt count is raised here, at claim time, so a task that
+        kills its worker still runs out of attempts. A task whose worker was lost during its
+        last allowed attempt is handed out once more, with ``attempt > max_attempts``: the
+        consumer then sets it aside with its reason instead of running it. If that delivery
+        is lost too, the task goes straight to the dead-letter store.
         """
 
     @abstractmethod
@@ -231,7 +233,12 @@ class StorageBackend(ABC):
 
     @abstractmethod
     async def requeue_dead(self, task_id: str) -> bool:
-        """Move a dead-lettered task back to ready with fresh attempts; False if not dead."""
+        """Move a dead-lettered task back to ready with its original number of attempts.
+
+        Attempt numbers go on from where they stopped (a task that died on attempt 4 of 4
+        runs again as attempt 5 of 8), so the new run's results never overwrite the old
+        ones. Returns False if the task is not dead.
+        """
 
     @abstractmethod
     async def tasks(

@@ -83,7 +83,7 @@ _SCAN_BATCH = 1024
 class _Header:
     """The mutable part of a task record, kept small because LMDB copies it on each update."""
 
-    FORMAT = struct.Struct(">BIBQIIIQQ16s")
+    FORMAT = struct.Struct(">BIBQIIQQQ16sI")
 
     state: TaskState
     qid: int
@@ -98,6 +98,8 @@ class _Header:
     """Lease expiry (boot clock) when leased, due time (boot clock) when delayed, time of
     death (wall clock) when dead."""
     token: bytes
+    budget: int
+    """Attempts the task is given per run: at its first send, and again on each requeue."""
 
     def pack(self) -> bytes:
         return self.FORMAT.pack(
@@ -111,6 +113,7 @@ class _Header:
             self.enqueued_ms,
             self.due_ms,
             self.token,
+            self.budget,
         )
 
     @classmethod
@@ -328,6 +331,7 @@ class LMDBStorage(StorageBackend):
                 now_ms,
                 0,
                 bytes(16),
+                task.max_attempts,
             )
             txn.put(key, task.payload, db=dbs["payloads"])
             if task.delay_s > 0:
@@ -377,9 +381,12 @@ class LMDBStorage(StorageBackend):
                 break
             cursor.delete()
             header = _Header.unpack(_need(txn, key, dbs["jobs"]))
-            if header.attempts >= header.max_attempts:
+            # The worker died during the last allowed attempt. The task goes out once more
+            # (attempt max + 1) so that the consumer records why it is set aside; if even
+            # that delivery is lost, it goes straight to the dead letters.
+            if header.attempts > header.max_attempts:
                 reason = (
-                    f"lease expired on the last attempt ({header.attempts} of "
+                    f"lease expired on the last attempt ({header.max_attempts} of "
                     f"{header.max_attempts}): the worker running it was lost"
                 )
                 self._to_dead(txn, key, header, reason)
@@ -503,7 +510,9 @@ class LMDBStorage(StorageBackend):
         if header.state is not TaskState.DEAD:
             return False
         txn.delete(_DEAD_KEY.pack(header.qid, header.due_ms, key), db=self.env.dbs["dead"])
-        header.attempts = 0
+        # Attempt numbers go on from where they stopped, so the new run's results do not
+        # overwrite the old run's; the task gets its original allowance again.
+        header.max_attempts = header.attempts + header.budget
         self._to_ready(txn, key, header)
         return True
 

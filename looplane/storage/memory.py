@@ -39,6 +39,8 @@ class _Entry:
     task_id: str
     payload: bytes
     max_attempts: int
+    budget: int
+    """Attempts the task is given per run: at its first send, and again on each requeue."""
     timeout_s: float | None
     queue: str
     priority: int
@@ -89,6 +91,7 @@ class InMemoryStorage(StorageBackend):
                 task_id=new.task_id,
                 payload=new.payload,
                 max_attempts=new.max_attempts,
+                budget=new.max_attempts,
                 timeout_s=new.timeout_s,
                 queue=new.queue,
                 priority=new.priority,
@@ -162,10 +165,13 @@ class InMemoryStorage(StorageBackend):
             entry = self._entries.get(task_id)
             if entry is None or entry.token != token or entry.due != due:
                 continue
-            if entry.attempts >= entry.max_attempts:
+            # The worker died during the last allowed attempt. The task goes out once more
+            # (attempt max + 1) so that the consumer records why it is set aside; if even
+            # that delivery is lost, it goes straight to the dead letters.
+            if entry.attempts > entry.max_attempts:
                 self._bury(
                     entry,
-                    f"lease expired on the last attempt ({entry.attempts} of "
+                    f"lease expired on the last attempt ({entry.max_attempts} of "
                     f"{entry.max_attempts}): the worker running it was lost",
                 )
             else:
@@ -278,7 +284,9 @@ class InMemoryStorage(StorageBackend):
         entry = self._entries.get(task_id)
         if entry is None or entry.state is not TaskState.DEAD:
             return False
-        entry.attempts = 0
+        # Attempt numbers go on from where they stopped, so the new run's results do not
+        # overwrite the old run's; the task gets its original allowance again.
+        entry.max_attempts = entry.attempts + entry.budget
         entry.reason = ""
         self._make_ready(entry)
         self._ring()

@@ -220,19 +220,35 @@ async def test_release_without_counting_gives_the_attempt_back(
 
     second = await claim_one(fake_storage)
     assert second.attempt == 1
-    # The given-back attempt is the only one: losing this lease now dead-letters the task.
+    # The given-back attempt is the only one: losing this lease now uses it up, and the
+    # next delivery is the one past the limit, which a consumer sets aside.
     clock.advance(second.lease_s + 1)
-    assert await fake_storage.claim(10) == []
-    assert await fake_storage.counts() == QueueCounts(dead=1)
+    third = await claim_one(fake_storage)
+    assert (third.attempt, third.max_attempts) == (2, 1)
 
 
-async def test_expired_lease_on_last_attempt_dead_letters_the_task(
+async def test_expired_lease_on_last_attempt_is_handed_out_once_past_the_limit(
     fake_storage: StorageBackend, clock: FakeClock
 ) -> None:
+    """The delivery past the limit lets a consumer record why the task is set aside."""
     task = new_task(b"poison", max_attempts=2)
     await fake_storage.enqueue([task])
     clock.advance((await claim_one(fake_storage)).lease_s + 1)
     clock.advance((await claim_one(fake_storage)).lease_s + 1)
+
+    report = await claim_one(fake_storage)
+    assert (report.attempt, report.max_attempts, report.payload) == (3, 2, b"poison")
+    assert await fake_storage.bury(report, reason="set aside") is True
+    assert await fake_storage.counts() == QueueCounts(dead=1)
+
+
+async def test_expired_lease_past_the_limit_dead_letters_the_task(
+    fake_storage: StorageBackend, clock: FakeClock
+) -> None:
+    task = new_task(b"poison", max_attempts=2)
+    await fake_storage.enqueue([task])
+    for _ in range(3):
+        clock.advance((await claim_one(fake_storage)).lease_s + 1)
 
     assert await fake_storage.claim(10) == []
 
@@ -240,7 +256,7 @@ async def test_expired_lease_on_last_attempt_dead_letters_the_task(
     [dead] = await fake_storage.dead_tasks()
     assert dead.task_id == task.task_id
     assert dead.payload == b"poison"
-    assert dead.attempts == 2
+    assert dead.attempts == 3
     assert dead.failed_at == pytest.approx(clock.time(), abs=0.01)
     assert "lease expired on the last attempt (2 of 2)" in dead.reason
 
@@ -267,19 +283,21 @@ async def test_bury_moves_the_task_to_dead_letters_with_its_reason(
     assert await fake_storage.claim(10) == []
 
 
-async def test_requeue_dead_makes_the_task_ready_with_fresh_attempts(
+async def test_requeue_dead_makes_the_task_ready_with_its_allowance_again(
     fake_storage: StorageBackend,
 ) -> None:
-    task = new_task(max_attempts=1)
+    task = new_task(max_attempts=2)
     await fake_storage.enqueue([task])
+    await fake_storage.release(await claim_one(fake_storage))
     await fake_storage.bury(await claim_one(fake_storage), reason="failed")
 
     assert await fake_storage.requeue_dead(task.task_id) is True
 
     assert await fake_storage.counts() == QueueCounts(ready=1)
     assert await fake_storage.dead_tasks() == []
+    # Attempt numbers go on, so results of the new run never overwrite the old run's.
     claim = await claim_one(fake_storage)
-    assert (claim.task_id, claim.attempt) == (task.task_id, 1)
+    assert (claim.task_id, claim.attempt, claim.max_attempts) == (task.task_id, 3, 4)
     assert await fake_storage.requeue_dead(task.task_id) is False
     assert await fake_storage.requeue_dead(new_task_id()) is False
 

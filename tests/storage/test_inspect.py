@@ -188,12 +188,9 @@ async def test_tasks_reads_a_requeued_task_as_ready_with_no_reason(storage: Stor
     assert await storage.requeue_dead(task_id(4))
 
     (info,) = [i for i in await storage.tasks() if i.task_id == task_id(4)]
-    assert (info.state, info.attempts, info.reason, info.failed_at) == (
-        TaskState.READY,
-        0,
-        None,
-        None,
-    )
+    # Attempts go on counting; the requeue gives the task its allowance again.
+    assert (info.state, info.reason, info.failed_at) == (TaskState.READY, None, None)
+    assert info.max_attempts - info.attempts >= 1
 
 
 async def test_lmdb_tasks_scans_in_several_short_reads(
