@@ -120,7 +120,12 @@ class LMDBEnv:
         self.path = path
         self.pid = os.getpid()
         self.refs = 0
-        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the LMDB directory {path}: {exc.strerror}", backend="lmdb"
+            ) from exc
         try:
             self.env = lmdb.open(
                 path,

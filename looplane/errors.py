@@ -7,7 +7,8 @@ The tree::
     ├── SerializationError (also TypeError)
     ├── StorageError ── StorageUnavailable
     ├── BrokerError ── LeaseLost
-    └── TaskError ── TaskNotFound, TaskTimeout (also TimeoutError), RetriesExhausted
+    └── TaskError ── TaskNotFound, InvalidArguments (also TypeError),
+                     TaskTimeout (also TimeoutError), RetriesExhausted
     Retry, Cancel: raised by task code to steer the orchestrator; not errors
     LooplaneWarning(UserWarning), LooplaneDeprecationWarning(DeprecationWarning)
 
@@ -111,6 +112,14 @@ class TaskNotFound(TaskError, LookupError):
         self.task_id = task_id
 
 
+class InvalidArguments(TaskError, TypeError):
+    """A call's arguments do not fit the task function's signature; refused at send."""
+
+    def __init__(self, message: str, *, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 class TaskTimeout(TaskError, TimeoutError):
     """An attempt ran longer than its timeout, or a wait for a result ran out."""
 
@@ -136,8 +145,15 @@ class Retry(Exception):
     """
 
     def __init__(self, reason: str = "retry requested", *, delay_s: float | None = None):
+        if delay_s is not None and not _is_duration(delay_s):
+            raise ConfigError(f"Retry delay_s must be a number of seconds >= 0, got {delay_s!r}")
         super().__init__(reason)
         self.delay_s = delay_s
+
+
+def _is_duration(value: object) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and 0 <= value < float("inf")  # type: ignore[operator]  # number checked
 
 
 class Cancel(Exception):

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from looplane.errors import ConfigError, TaskNotFound
+from looplane.errors import ConfigError, InvalidArguments, TaskNotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "DEFAULT_RETRIES",
@@ -57,13 +57,14 @@ class Backoff:
     ``exponential`` waits ``base_s * 2 ** (attempt - 1)`` seconds, capped at ``max_s``;
     ``fixed`` always waits ``base_s``; ``none`` retries at once. With ``jitter`` the delay
     is drawn uniformly from its upper half, so tasks that failed together do not all
-    retry in the same instant.
+    retry in the same instant. Jitter is on by default for ``exponential`` only: a
+    ``fixed`` delay means what it says.
     """
 
     kind: BackoffKind = BackoffKind.EXPONENTIAL
     base_s: float = 1.0
     max_s: float = 300.0
-    jitter: bool = True
+    jitter: bool | None = None
 
     def __post_init__(self) -> None:
         # A plain string kind would fail every `is` check in `delay_s` and silently act as
@@ -71,6 +72,8 @@ class Backoff:
         kind: object = self.kind
         if not isinstance(kind, BackoffKind):
             object.__setattr__(self, "kind", _backoff_kind(kind))
+        if self.jitter is None:
+            object.__setattr__(self, "jitter", self.kind is BackoffKind.EXPONENTIAL)
         # Written as `not >=` so that NaN, which compares false with everything, is refused.
         if not (self.base_s >= 0 and self.max_s >= 0):
             raise ConfigError(
@@ -140,9 +143,29 @@ class TaskFunction:
 
     is_async: bool = field(init=False)
     """True for ``async def`` functions; plain functions run in a thread pool."""
+    signature: inspect.Signature | None = field(init=False, repr=False, compare=False)
+    """The function's signature, to check a call's arguments at send; None if unreadable."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
+        try:
+            signature: inspect.Signature | None = inspect.signature(self.func)
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            signature = None
+        object.__setattr__(self, "signature", signature)
+
+    def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Refuse arguments the function could not be called with.
+
+        Raises:
+            InvalidArguments: The arguments do not fit the signature; the message says why.
+        """
+        if self.signature is None:
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"task {self.name!r}: {exc}", name=self.name) from None
 
 
 class TaskRegistry:
@@ -169,7 +192,9 @@ class TaskRegistry:
                 f"{entry.module}.{_qualname(entry.func)} under it (pass name=...)"
             )
         if old is not None:
-            self._forget_func(old)
+            # The old function object stays usable: code that imported it (a script run as
+            # __main__ that is also imported by name) still sends under the same name.
+            self._by_func[old.func] = entry
         self._by_name[entry.name] = entry
         self._by_func[entry.func] = entry
 
@@ -304,6 +329,9 @@ def _check_name(name: object) -> None:
         raise ConfigError(f"task name is {len(name)} characters long (at most {MAX_NAME_LENGTH})")
 
 
+MAX_TIMEOUT_S = 365 * 86_400.0
+
+
 def _check_limits(retries: object, timeout: object) -> None:
     # bool is an int subclass, but retries=True is a mistake, not one retry.
     if retries is not None and (
@@ -315,6 +343,11 @@ def _check_limits(retries: object, timeout: object) -> None:
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
     ):
         raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if timeout is not None and timeout > MAX_TIMEOUT_S:
+        raise ConfigError(
+            f"timeout must be at most {MAX_TIMEOUT_S:g} seconds (a year), got "
+            f"{timeout!r}; leave it unset for no limit"
+        )
 
 
 def new_task_id() -> str:

@@ -156,8 +156,9 @@ def test_register_task_reloaded_function_replaces_registration() -> None:
 
     assert registry.get("lp_test_reloaded").func is new
     assert registry.lookup(new).func is new
-    with pytest.raises(TaskNotFound, match=r"lp_test_reloaded is not a registered task function"):
-        registry.lookup(old)
+    # Code that kept the old function object (a script run as __main__ that is also imported
+    # under its module name) still sends under the same name.
+    assert registry.lookup(old).func is new
 
 
 def test_registry_remove_one_alias_keeps_function_lookup() -> None:

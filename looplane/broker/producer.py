@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from looplane.broker.serializer import JSONSerializer, Serializer
-from looplane.errors import BrokerError, ConfigError, SerializationError, TaskNotFound
+from looplane.errors import (
+    BrokerError,
+    ConfigError,
+    InvalidArguments,
+    SerializationError,
+    TaskNotFound,
+)
 from looplane.storage.base import NewTask, StorageBackend
 from looplane.task import DEFAULT_RETRIES, Backoff, Task, _check_limits, new_task_id, registry
 
@@ -90,6 +97,8 @@ class Producer(ABC):
         """Build the `Task` for one call, with send options over registered options."""
         _check_limits(retries, timeout)
         name, entry = _resolve(func)
+        if entry is not None:
+            entry.check_call(args, kwargs)
         if retries is None:
             retries = entry.retries if entry and entry.retries is not None else self.retries
         if timeout is None:
@@ -142,6 +151,23 @@ def _unpack(call: Any) -> Call:
     return call[0], call[1], call[2]
 
 
+@contextlib.contextmanager
+def _naming_call(index: int | None) -> Iterator[None]:
+    """Prefix errors about one call of a batch with its position in the batch."""
+    try:
+        yield
+    except SerializationError as exc:
+        if index is None:
+            raise
+        raise SerializationError(
+            f"call {index} of the batch: {exc}", path=exc.path, type_name=exc.type_name
+        ) from None
+    except InvalidArguments as exc:
+        if index is None:
+            raise
+        raise InvalidArguments(f"call {index} of the batch: {exc}", name=exc.name) from None
+
+
 def _rough_size(task: Task) -> int:
     sized = [*task.args, *task.kwargs.values()]
     return sum(len(v) for v in sized if isinstance(v, str | bytes | list | dict | tuple))
@@ -187,9 +213,11 @@ class StorageProducer(Producer):
         if self._closed:
             raise BrokerError("producer is closed")
         tasks = []
-        for call in calls:
+        batch = list(calls)
+        for index, call in enumerate(batch):
             func, args, kwargs = _unpack(call)
-            task = self._create_task(func, args, kwargs, retries, timeout, backoff)
+            with _naming_call(index if len(batch) > 1 else None):
+                task = self._create_task(func, args, kwargs, retries, timeout, backoff)
             task.queue = self.queue
             tasks.append(task)
         if sum(_rough_size(t) for t in tasks) > _ENCODE_IN_THREAD_AT:
@@ -200,7 +228,11 @@ class StorageProducer(Producer):
         return tasks
 
     def _encode_all(self, tasks: list[Task]) -> list[NewTask]:
-        return [self._encode(task) for task in tasks]
+        records = []
+        for index, task in enumerate(tasks):
+            with _naming_call(index if len(tasks) > 1 else None):
+                records.append(self._encode(task))
+        return records
 
     def _encode(self, task: Task) -> NewTask:
         payload = self.serializer.serialize(task)

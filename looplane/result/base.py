@@ -8,12 +8,13 @@ results forever takes an explicit ``ttl_s=None``.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Self
 
 from looplane import _codec
-from looplane.errors import SerializationError
+from looplane.errors import ConfigError, SerializationError, TaskTimeout
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -158,3 +159,38 @@ class ResultBackend(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def check_ttl(ttl_s: float | None) -> None:
+    """Refuse a time to live that is not a positive finite number of seconds (or None)."""
+    if ttl_s is not None and not 0 < ttl_s < math.inf:
+        raise ConfigError(
+            f"result ttl_s must be a positive number of seconds, or None to keep results "
+            f"forever; got {ttl_s!r}"
+        )
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a negative listing limit."""
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be None or at least 0; got {limit!r}")
+
+
+def check_timeout(timeout: float) -> None:
+    """Refuse a wait timeout that is not a number of seconds >= 0 (waits are bounded)."""
+    if timeout is None:
+        raise ConfigError(
+            "timeout=None is not allowed: waits are bounded; pass a number of "
+            "seconds (30 by default)"
+        )
+    if not timeout >= 0:
+        raise ConfigError(f"timeout must be a number of seconds of at least 0; got {timeout!r}")
+
+
+def timeout_error(task_id: str, timeout: float) -> TaskTimeout:
+    """The error of a wait that ran out."""
+    return TaskTimeout(
+        f"no final result for task {task_id} within {timeout:g} s",
+        task_id=task_id,
+        timeout_s=timeout,
+    )

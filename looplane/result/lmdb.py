@@ -30,8 +30,16 @@ from typing import TYPE_CHECKING
 
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane._lmdb_env import DEFAULT_MAP_SIZE, DoorbellWatch, LMDBEnv, uuid_key
-from looplane.errors import ConfigError, StorageUnavailable, TaskTimeout
-from looplane.result.base import DEFAULT_RESULT_TTL_S, ResultBackend, TaskResult
+from looplane.errors import ConfigError, StorageUnavailable
+from looplane.result.base import (
+    DEFAULT_RESULT_TTL_S,
+    ResultBackend,
+    TaskResult,
+    check_limit,
+    check_timeout,
+    check_ttl,
+    timeout_error,
+)
 
 if TYPE_CHECKING:
     import os
@@ -91,7 +99,7 @@ class LMDBResultBackend(ResultBackend):
         map_size: int = DEFAULT_MAP_SIZE,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        _check_ttl(ttl_s)
+        check_ttl(ttl_s)
         self.ttl_s = ttl_s
         self.clock = clock
         self._env = LMDBEnv.acquire(path, map_size=map_size)
@@ -146,7 +154,7 @@ class LMDBResultBackend(ResultBackend):
             ConfigError: `limit` is negative.
             StorageUnavailable: The backend is closed.
         """
-        _check_limit(limit)
+        check_limit(limit)
         self._check_open()
         now_ms = self._now_ms()
         env = self._env
@@ -203,7 +211,7 @@ class LMDBResultBackend(ResultBackend):
             StorageUnavailable: The backend is closed, before or during the wait.
         """
         prefix = _task_key(task_id)
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._check_open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -217,7 +225,7 @@ class LMDBResultBackend(ResultBackend):
 
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise _timeout_error(task_id, timeout)
+                    raise timeout_error(task_id, timeout)
                 # On timeout, loop once more: a result stored at the deadline is returned.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rung.wait(), min(remaining, _RECHECK_S))
@@ -388,29 +396,3 @@ def _attempt_key(attempt: int) -> bytes:
 
 def _ttl_ms(ttl_s: float) -> int:
     return max(1, math.ceil(ttl_s * 1000))
-
-
-def _check_ttl(ttl_s: float | None) -> None:
-    if ttl_s is not None and not 0 < ttl_s < math.inf:
-        raise ConfigError(
-            f"result ttl_s must be a positive number of seconds, or None to keep results "
-            f"forever; got {ttl_s!r}"
-        )
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 0:
-        raise ConfigError(f"limit must be None or at least 0; got {limit!r}")
-
-
-def _check_timeout(timeout: float) -> None:
-    if not timeout >= 0:
-        raise ConfigError(f"timeout must be a number of seconds of at least 0; got {timeout!r}")
-
-
-def _timeout_error(task_id: str, timeout: float) -> TaskTimeout:
-    return TaskTimeout(
-        f"no final result for task {task_id} within {timeout:g} s",
-        task_id=task_id,
-        timeout_s=timeout,
-    )

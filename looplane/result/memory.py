@@ -19,8 +19,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from looplane._clock import SYSTEM_CLOCK, Clock
-from looplane.errors import ConfigError, StorageUnavailable, TaskTimeout
-from looplane.result.base import DEFAULT_RESULT_TTL_S, ResultBackend, TaskResult
+from looplane.errors import StorageUnavailable
+from looplane.result.base import (
+    DEFAULT_RESULT_TTL_S,
+    ResultBackend,
+    TaskResult,
+    check_limit,
+    check_timeout,
+    check_ttl,
+    timeout_error,
+)
 
 __all__ = ["InMemoryResultBackend"]
 
@@ -51,7 +59,7 @@ class InMemoryResultBackend(ResultBackend):
     def __init__(
         self, *, ttl_s: float | None = DEFAULT_RESULT_TTL_S, clock: Clock = SYSTEM_CLOCK
     ) -> None:
-        _check_ttl(ttl_s)
+        check_ttl(ttl_s)
         self.ttl_s = ttl_s
         self.clock = clock
         self._by_task: dict[str, dict[int, _Stored]] = {}
@@ -95,7 +103,7 @@ class InMemoryResultBackend(ResultBackend):
             ConfigError: `limit` is negative.
             StorageUnavailable: The backend is closed.
         """
-        _check_limit(limit)
+        check_limit(limit)
         self._check_open()
         now = self.clock.time()
         self._sweep(now)
@@ -144,7 +152,7 @@ class InMemoryResultBackend(ResultBackend):
             ConfigError: `timeout` is negative or not a number.
             StorageUnavailable: The backend is closed, before or during the wait.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._check_open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -161,7 +169,7 @@ class InMemoryResultBackend(ResultBackend):
 
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise _timeout_error(task_id, timeout)
+                    raise timeout_error(task_id, timeout)
                 # On timeout, loop once more: a result stored at the deadline is returned.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), remaining)
@@ -204,29 +212,3 @@ class InMemoryResultBackend(ResultBackend):
             purged += 1
         if purged:
             logger.debug("purged expired results count=%d", purged)
-
-
-def _check_ttl(ttl_s: float | None) -> None:
-    if ttl_s is not None and not 0 < ttl_s < math.inf:
-        raise ConfigError(
-            f"result ttl_s must be a positive number of seconds, or None to keep results "
-            f"forever; got {ttl_s!r}"
-        )
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 0:
-        raise ConfigError(f"limit must be None or at least 0; got {limit!r}")
-
-
-def _check_timeout(timeout: float) -> None:
-    if not timeout >= 0:
-        raise ConfigError(f"timeout must be a number of seconds of at least 0; got {timeout!r}")
-
-
-def _timeout_error(task_id: str, timeout: float) -> TaskTimeout:
-    return TaskTimeout(
-        f"no final result for task {task_id} within {timeout:g} s",
-        task_id=task_id,
-        timeout_s=timeout,
-    )

@@ -203,8 +203,8 @@ class LMDBStorage(StorageBackend):
             # (https://github.com/jnwatson/py-lmdb/issues/346).
             # Lifted by: an lmdb release that forgets inherited environments in the child.
             raise StorageUnavailable(
-                f"LMDB storage at {self.path} was opened before fork(); reopen storage after "
-                "fork, in each process (start worker processes with spawn)",
+                f"LMDB storage at {self.path} was opened before fork() and cannot be used or "
+                "reopened in the child; open it in processes started with the 'spawn' method",
                 backend="lmdb",
             )
         return env

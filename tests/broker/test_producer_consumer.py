@@ -14,7 +14,7 @@ import pytest
 
 from looplane._clock import FakeClock
 from looplane.broker import JSONSerializer, Rejected, StorageConsumer, StorageProducer
-from looplane.errors import BrokerError, LeaseLost, SerializationError
+from looplane.errors import BrokerError, InvalidArguments, LeaseLost, SerializationError
 from looplane.storage import NewTask, QueueCounts
 from looplane.task import register_task, registry
 from tests.conftest import open_test_storage
@@ -131,7 +131,8 @@ async def test_send_unencodable_argument_names_it_and_stores_nothing(
 ) -> None:
     producer = StorageProducer(storage)
 
-    with pytest.raises(TypeError, match=rf"^{re.escape(path)} has type ") as caught:
+    pattern = rf"^call 1 of the batch: {re.escape(path)} has type "
+    with pytest.raises(TypeError, match=pattern) as caught:
         await producer.send_batch([(echo, ("fine",), {}), (echo, args, kwargs)])
 
     assert isinstance(caught.value, SerializationError)
@@ -477,3 +478,22 @@ async def test_consumer_keeps_two_deliveries_of_one_task_apart(kind: str, tmp_pa
     assert (counts.ready, counts.leased, counts.dead) == (0, 0, 0)
     await consumer.close()
     await storage.close()
+
+
+async def test_send_refuses_arguments_that_do_not_fit_the_signature(
+    storage: StorageBackend,
+) -> None:
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    name = f"tests.broker.add.{uuid.uuid4().hex}"
+    register_task(name=name)(add)
+    producer = StorageProducer(storage)
+    try:
+        with pytest.raises(InvalidArguments, match=r"^task '.*': missing a required argument"):
+            await producer.send(add, 1)
+        with pytest.raises(TypeError, match=r"^call 1 of the batch: task '.*': got an unexpec"):
+            await producer.send_batch([(add, (1, 2), {}), (add, (1, 2), {"c": 3})])
+        assert await storage.counts() == QueueCounts()
+    finally:
+        registry.remove(name)

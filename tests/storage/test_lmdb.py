@@ -164,7 +164,7 @@ async def test_pf25_fork_child_using_inherited_storage_reopens_or_refuses(
                 await storage.enqueue([from_child])
                 assert await storage.counts() == QueueCounts(ready=1, leased=1)
             except StorageUnavailable as exc:
-                return refused if "reopen storage after fork" in str(exc) else unclear
+                return refused if "cannot be used or reopened in the child" in str(exc) else unclear
             await storage.close()
             return reopened
 
