@@ -44,6 +44,7 @@ TESTED_SCRIPTS = {
     "example_producer_consumer.py",
     "example_retry_1.py",
     "example_retry_lmdb.py",
+    "example_monitor_demo.py",  # run in a pseudo-terminal by tests/cli/test_monitor_pty.py
 }
 
 # The folder the end-to-end test points the example at: relative path -> text.

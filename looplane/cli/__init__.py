@@ -12,8 +12,11 @@ from typing import Annotated
 import typer
 
 import looplane
+from looplane.cli.admin import purge, requeue
 from looplane.cli.config_cmd import config_app
 from looplane.cli.enqueue import enqueue
+from looplane.cli.inspect_cmd import inspect_app
+from looplane.cli.monitor import monitor
 from looplane.cli.worker import worker
 
 __all__ = ["app", "main"]
@@ -28,7 +31,11 @@ app = typer.Typer(
 )
 app.command("worker", no_args_is_help=False)(worker)
 app.command("enqueue")(enqueue)
+app.command("monitor")(monitor)
 app.add_typer(config_app, name="config")
+app.add_typer(inspect_app, name="inspect")
+app.command("requeue")(requeue)
+app.command("purge")(purge)
 
 
 def _print_version(value: bool) -> None:
