@@ -1,4 +1,6 @@
-"""The ``looplane`` command: ``worker``, ``enqueue`` and ``config show``.
+"""The ``looplane`` command and its subcommands.
+
+``worker``, ``enqueue``, ``monitor``, ``inspect``, ``requeue``, ``purge`` and ``config show``.
 
 typer and rich are imported only in this package; the library itself speaks through logs and
 return values. Each command parses its options, loads the settings, calls the library and
