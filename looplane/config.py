@@ -182,7 +182,7 @@ class _Section(BaseModel):
 
 
 class StorageSettings(_Section):
-    """Where tasks wait: ``memory``, ``lmdb`` or ``package.module:ClassName``."""
+    """Where tasks wait: ``memory``, ``lmdb``, ``redis`` or ``package.module:ClassName``."""
 
     backend: BackendName = "lmdb"
     path: Path = Path("/tmp/looplane")
@@ -191,6 +191,7 @@ class StorageSettings(_Section):
     lease: PositiveDuration = 30.0
     queue: str = "default"
     url: Url = None
+    max_connections: PositiveInt = 10
     options: Options = Field(default_factory=dict)
 
 
@@ -790,10 +791,16 @@ def to_document(settings: Settings, *, reveal_secrets: bool = False) -> dict[str
     result with tomli-w and loading it with `load_settings` gives equal settings when secrets
     are revealed.
 
-    Note:
-        Backend ``options`` are shown as they are: keep passwords in ``url``, not in options.
+    An option whose name says it is secret (password, secret, token, key, credentials) is
+    masked the same way.
     """
     document: dict[str, Any] = settings.model_dump(mode="json")
+    for section in document.values():
+        if isinstance(section, dict) and isinstance(section.get("options"), dict):
+            section["options"] = {
+                name: MASK if _looks_secret(name) and not reveal_secrets else value
+                for name, value in section["options"].items()
+            }
     for key in SECRET_KEYS:
         section, name = key.split(".")
         secret = getattr(getattr(settings, section), name)
@@ -806,6 +813,11 @@ def to_document(settings: Settings, *, reveal_secrets: bool = False) -> dict[str
                 document[name][sub] = "never"
     result: dict[str, Any] = _without_none(document)
     return result
+
+
+def _looks_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in ("password", "secret", "token", "key", "credential"))
 
 
 def _redact_param(param: str) -> str:

@@ -491,7 +491,9 @@ class Orchestrator:
         if reason != "shutdown":
             return
         if running is not None and not await self._thread_ended(running):
-            # Requeueing now would let another worker run it while this thread still does.
+            # Requeueing now would let another worker run it while this thread still does;
+            # the consumer must not give it back on close either.
+            self.consumer.abandon(task)
             log.warning(
                 "interrupted by shutdown, but its thread still runs; left leased, it "
                 "runs again after its lease outcome=interrupted",
@@ -621,6 +623,7 @@ class Orchestrator:
             await asyncio.wait(threaded)
         for running in left:
             if running.runner in stuck:
+                self.consumer.abandon(running.task)
                 task_log(logger, running.task).warning(
                     "ignored cancellation; left leased, it will run again after its lease"
                 )

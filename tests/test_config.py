@@ -1011,3 +1011,29 @@ def test_profile_loads_and_selects_its_backend(tmp_path: Path, profile: str, bac
     assert loaded.settings.storage.backend == backend
     assert loaded.settings.results.backend == backend
     assert loaded.config_file == path
+
+
+def test_redis_profile_selects_redis_for_tasks_and_results(tmp_path: Path) -> None:
+    path = REPO / "config" / "redis.toml"
+
+    loaded = load_settings(path, environ={}, cwd=tmp_path)
+
+    settings = loaded.settings
+    assert (settings.storage.backend, settings.results.backend) == ("redis", "redis")
+    assert settings.storage.url is not None
+    assert settings.storage.url.get_secret_value() == "redis://127.0.0.1:6379/0"
+    assert settings.results.url is None
+    assert settings.storage.max_connections == 10
+    assert loaded.config_file == path
+
+
+def test_to_document_masks_secret_looking_options(tmp_path: Path) -> None:
+    (tmp_path / "looplane.toml").write_text(
+        '[storage]\nbackend = "memory"\noptions = { password = "optSECRET", region = "eu" }\n',
+        encoding="utf-8",
+    )
+    loaded = load_settings(environ={}, cwd=tmp_path)
+    document = to_document(loaded.settings)
+    assert document["storage"]["options"] == {"password": MASK, "region": "eu"}
+    revealed = to_document(loaded.settings, reveal_secrets=True)
+    assert revealed["storage"]["options"]["password"] == "optSECRET"

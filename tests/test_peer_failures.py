@@ -187,6 +187,9 @@ async def test_pf16b_forced_stop_leaves_a_running_sync_task_leased(
     await orchestrator.start()
     assert await asyncio.to_thread(started.wait, 10)
     await orchestrator.stop(wait=False)
+    # Closing the consumer (as a worker does on exit) must not give the task back while its
+    # thread still runs: another worker would run it at the same time.
+    await orchestrator.consumer.close()
     counts = await rig.storage.counts()
     release.set()
     assert (counts.ready, counts.leased, counts.dead) == (0, 1, 0)

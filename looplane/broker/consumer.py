@@ -126,6 +126,13 @@ class Consumer(ABC):
         """How often the orchestrator should call `renew`; None if leases never run out."""
         return None
 
+    def abandon(self, task: Task) -> None:  # noqa: B027 - consumers without leases hold nothing
+        """Forget `task` without giving it back: its lease runs out and it runs again.
+
+        For a task still running where it cannot be stopped (a thread, or code that ignores
+        cancellation): giving it back would let another worker run it at the same time.
+        """
+
     async def close(self) -> None:  # noqa: B027 - consumers without resources need nothing
         """Stop receiving and give back tasks that were received but not answered."""
 
@@ -307,6 +314,10 @@ class StorageConsumer(Consumer):
             done = await self.storage.bury(claim, reason=reason or "rejected by consumer")
         if not done:
             raise LeaseLost(task_id=task.id, operation="nack")
+
+    def abandon(self, task: Task) -> None:
+        """Forget the task's lease without releasing it; see `Consumer.abandon`."""
+        self._claims.pop((task.id, task.attempt), None)
 
     async def renew(self, tasks: Sequence[Task]) -> list[Task]:
         """Extend the leases of `tasks`; returns (and forgets) those that were lost."""

@@ -30,7 +30,13 @@ from looplane.cli._common import (
 from looplane.cli._output import configured_logging
 from looplane.cli.exit_codes import EXIT_FAILURE, EXIT_TIMEOUT
 from looplane.config import parse_duration
-from looplane.errors import ConfigError, LooplaneError, SerializationError, TaskTimeout
+from looplane.errors import (
+    ConfigError,
+    InvalidArguments,
+    LooplaneError,
+    SerializationError,
+    TaskTimeout,
+)
 from looplane.factory import build
 from looplane.task import registry
 
@@ -198,7 +204,7 @@ def _run(app: App, send: _Send, wait_s: float | None, *, verbose: bool) -> TaskR
     """Send the task, print its id, and wait for its result if asked."""
     try:
         return asyncio.run(_send_and_wait(app, send, wait_s))
-    except (ConfigError, SerializationError) as exc:
+    except (ConfigError, SerializationError, InvalidArguments) as exc:
         fail([str(exc)])
     except TaskTimeout as exc:
         fail([f"{exc}; the task stays queued"], code=EXIT_TIMEOUT)

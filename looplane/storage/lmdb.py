@@ -512,6 +512,8 @@ class LMDBStorage(StorageBackend):
         txn.delete(_DEAD_KEY.pack(header.qid, header.due_ms, key), db=self.env.dbs["dead"])
         # Attempt numbers go on from where they stopped, so the new run's results do not
         # overwrite the old run's; the task gets its original allowance again.
+        # The delivery that reported a worker lost on the last attempt was not an attempt.
+        header.attempts = min(header.attempts, header.max_attempts)
         header.max_attempts = header.attempts + header.budget
         self._to_ready(txn, key, header)
         return True

@@ -286,6 +286,8 @@ class InMemoryStorage(StorageBackend):
             return False
         # Attempt numbers go on from where they stopped, so the new run's results do not
         # overwrite the old run's; the task gets its original allowance again.
+        # The delivery that reported a worker lost on the last attempt was not an attempt.
+        entry.attempts = min(entry.attempts, entry.max_attempts)
         entry.max_attempts = entry.attempts + entry.budget
         entry.reason = ""
         self._make_ready(entry)
