@@ -3,9 +3,9 @@
 Everything a worker or a library user runs is decided by one `Settings` object, and this
 module is the only place that turns settings into objects, so the CLI and
 `looplane.from_config` cannot drift apart. Backends are named by a short alias (``memory``,
-``lmdb``, ``json``) or by an import path (``package.module:ClassName``); a third-party backend
-is a class that subclasses the right base and takes its ``options`` table as keyword
-arguments, so it needs no change to Looplane.
+``lmdb``, ``redis``, ``json``) or by an import path (``package.module:ClassName``); a
+third-party backend is a class that subclasses the right base and takes its ``options``
+table as keyword arguments, so it needs no change to Looplane.
 
 Every failure is a `ConfigError` that names the setting, the value and the reason, because a
 worker that starts with the wrong backend, or without its task functions
@@ -64,9 +64,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-STORAGE_ALIASES = ("memory", "lmdb")
+STORAGE_ALIASES = ("memory", "lmdb", "redis")
 """Storage backends named by a short alias; anything else is an import path."""
-RESULT_ALIASES = ("memory", "lmdb")
+RESULT_ALIASES = ("memory", "lmdb", "redis")
 """Result backends named by a short alias; anything else is an import path."""
 SERIALIZER_ALIASES = ("json",)
 """Serializers named by a short alias; anything else is an import path."""
@@ -265,7 +265,9 @@ def build_storage(
     """The storage that ``settings.storage`` names, opened.
 
     ``memory`` keeps tasks in this process; ``lmdb`` keeps them under ``storage.path``, shared
-    with every process that opens the same directory. An import path names a
+    with every process that opens the same directory; ``redis`` keeps them on the server at
+    ``storage.url``, with ``storage.max_connections`` connections at most (the driver is
+    imported only then). An import path names a
     `StorageBackend` subclass, constructed with ``storage.options`` (and ``url=`` when
     ``storage.url`` is set). `origins` (dotted key to where its value came from) only
     improves error messages.
@@ -293,6 +295,8 @@ def _make_storage(
     _no_options("storage", target, section.options, origins)
     if target == "memory":
         return InMemoryStorage(lease_s=section.lease)
+    if target == "redis":
+        return _redis_storage(settings, origins)
     try:
         return LMDBStorage(
             section.path,
@@ -304,6 +308,50 @@ def _make_storage(
         raise _unusable("storage.path", section.path, exc, origins) from exc
 
 
+def _redis_storage(settings: Settings, origins: Mapping[str, str] | None) -> StorageBackend:
+    # Imported here: the Redis modules are only needed, and redis-py only installed, when
+    # a setting names Redis.
+    from looplane.storage.redis import RedisStorage
+
+    section = settings.storage
+    url = section.url.get_secret_value() if section.url is not None else None
+    with _naming_url("storage.url", url, origins):
+        return RedisStorage(
+            *([] if url is None else [url]),
+            lease_s=section.lease,
+            max_connections=section.max_connections,
+        )
+
+
+def _redis_results(settings: Settings, origins: Mapping[str, str] | None) -> ResultBackend:
+    from looplane.result.base import check_ttl
+    from looplane.result.redis import RedisResultBackend
+
+    section = settings.results
+    with _naming("results.ttl", section.ttl, origins):
+        check_ttl(section.ttl)
+    secret = section.url or settings.storage.url
+    key = "results.url" if section.url is not None else "storage.url"
+    url = secret.get_secret_value() if secret is not None else None
+    with _naming_url(key, url, origins):
+        return RedisResultBackend(
+            *([] if url is None else [url]),
+            ttl_s=section.ttl,
+            max_connections=settings.storage.max_connections,
+        )
+
+
+@contextlib.contextmanager
+def _naming_url(key: str, url: str | None, origins: Mapping[str, str] | None) -> Iterator[None]:
+    """Re-raise a Redis backend's `ConfigError` naming the URL setting, its password masked."""
+    try:
+        yield
+    except ConfigError as exc:
+        shown = "(default)" if url is None else _mask(url, url)
+        reason = str(exc) if url is None else _mask(str(exc), url)
+        raise _problem(key, reason, shown, origins) from None
+
+
 def build_result_backend(
     settings: Settings, storage: StorageBackend, *, origins: Mapping[str, str] | None = None
 ) -> ResultBackend:
@@ -312,8 +360,10 @@ def build_result_backend(
     Without ``results.backend``, results follow the storage: an `LMDBStorage` gets LMDB
     results in its own directory (one environment serves both, so another process that
     opens ``LMDBStorage(path)`` and ``LMDBResultBackend(path)`` sees the queue and the
-    results), any other storage gets in-memory results. ``results.path`` moves LMDB results
-    elsewhere; ``results.ttl`` is how long results are kept.
+    results), a `RedisStorage` gets Redis results on the same server, any other storage
+    gets in-memory results. ``results.path`` moves LMDB results elsewhere; Redis results
+    use ``results.url``, or ``storage.url`` when it is unset; ``results.ttl`` is how long
+    results are kept.
 
     Note:
         Results of a third-party storage default to memory, visible only in this process;
@@ -328,7 +378,12 @@ def build_result_backend(
 
 
 def _default_results(storage: StorageBackend) -> str:
-    return "lmdb" if isinstance(storage, LMDBStorage) else "memory"
+    if isinstance(storage, LMDBStorage):
+        return "lmdb"
+    # Compared by module, so that deciding the default never imports the Redis driver.
+    if type(storage).__module__ == "looplane.storage.redis":
+        return "redis"
+    return "memory"
 
 
 def _make_results(
@@ -347,6 +402,8 @@ def _make_results(
     if target == "memory":
         with _naming("results.ttl", section.ttl, origins):
             return InMemoryResultBackend(ttl_s=section.ttl)
+    if target == "redis":
+        return _redis_results(settings, origins)
     # Limitation: LMDB results kept at their own results.path open with the default
     # max_readers, because LMDBResultBackend takes no max_readers; at the storage path
     # they share the storage's environment and its setting.

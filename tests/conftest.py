@@ -4,36 +4,83 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
+import uuid
 from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from looplane._clock import SYSTEM_CLOCK, Clock, FakeClock
 from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
+from looplane.storage.redis import RedisStorage
 from tests._rig import Register, Registrar, Rig
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
+REDIS_URL = os.environ.get("LOOPLANE_TEST_REDIS_URL")
+"""The Redis server for `redis`-marked tests; they skip without it."""
+
+REDIS_MARKS = [
+    pytest.mark.redis,
+    pytest.mark.skipif(not REDIS_URL, reason="LOOPLANE_TEST_REDIS_URL is not set"),
+]
+
+STORAGE_BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("lmdb", id="lmdb"),
+    pytest.param("redis", id="redis", marks=REDIS_MARKS),
+]
+
 BACKENDS = [pytest.param("memory", id="memory"), pytest.param("lmdb", id="lmdb")]
 
 
 def open_test_storage(kind: str, tmp_path: Path, *, clock: Clock = SYSTEM_CLOCK) -> StorageBackend:
-    """A fresh, empty storage of `kind` ("memory" or "lmdb"); LMDB lives at ``tmp_path/db``."""
+    """A fresh, empty storage of `kind` ("memory", "lmdb" or "redis").
+
+    LMDB lives at ``tmp_path/db``; Redis storage gets a key prefix of its own, which
+    `drop_test_storage` deletes.
+    """
     if kind == "memory":
         return InMemoryStorage(clock=clock)
     if kind == "lmdb":
         return LMDBStorage(tmp_path / "db", clock=clock)
+    if kind == "redis":
+        assert REDIS_URL, "LOOPLANE_TEST_REDIS_URL is not set"
+        return RedisStorage(REDIS_URL, queue_prefix=f"lqtest-{uuid.uuid4().hex}", clock=clock)
     raise ValueError(f"unknown storage kind {kind!r}")
 
 
-@pytest.fixture(params=BACKENDS)
+async def drop_test_storage(backend: StorageBackend) -> None:
+    """Delete what a test storage left on a server (the keys of a Redis storage's prefix)."""
+    if isinstance(backend, RedisStorage):
+        await drop_redis_prefix(backend.url, backend.queue_prefix)
+
+
+async def drop_redis_prefix(url: str, prefix: str) -> None:
+    """Delete every key under `prefix` on the Redis server at `url`."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=STORAGE_BACKENDS)
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageBackend]:
-    """Each storage backend on the real clocks, closed at teardown."""
-    async with open_test_storage(request.param, tmp_path) as backend:
-        yield backend
+    """Each storage backend on the real clocks, closed (and its keys deleted) at teardown."""
+    backend = open_test_storage(request.param, tmp_path)
+    try:
+        async with backend:
+            yield backend
+    finally:
+        await drop_test_storage(backend)
 
 
 @pytest.fixture
@@ -42,7 +89,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=STORAGE_BACKENDS)
 async def fake_storage(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[StorageBackend]:
@@ -51,8 +98,12 @@ async def fake_storage(
     Leases are measured on ``clock.monotonic()`` and delays on ``clock.time()``;
     ``clock.advance`` moves both.
     """
-    async with open_test_storage(request.param, tmp_path, clock=clock) as backend:
-        yield backend
+    backend = open_test_storage(request.param, tmp_path, clock=clock)
+    try:
+        async with backend:
+            yield backend
+    finally:
+        await drop_test_storage(backend)
 
 
 async def eventually(

@@ -306,7 +306,7 @@ BACKEND_ERRORS = [
     pytest.param(
         "storage",
         "lmbd",
-        r"^storage\.backend: unknown backend; use one of memory, lmdb, or an "
+        r"^storage\.backend: unknown backend; use one of memory, lmdb, redis, or an "
         r"import path package\.module:Class \(got 'lmbd'\)$",
         id="unknown-alias",
     ),
@@ -364,8 +364,8 @@ BACKEND_ERRORS = [
     ),
     pytest.param(
         "results",
-        "redis",
-        r"^results\.backend: unknown backend; use one of memory, lmdb",
+        "postgres",
+        r"^results\.backend: unknown backend; use one of memory, lmdb, redis, or an ",
         id="results-unknown-alias",
     ),
     pytest.param(
@@ -1018,3 +1018,155 @@ def test_from_config_is_exported() -> None:
     assert looplane.from_config is from_config
     assert "from_config" in looplane.__all__
     assert "AppImportError" in looplane.__all__
+
+
+# Redis ----------------------------------------------------------------------------------------
+
+# Read at import: the `_isolated` fixture removes every LOOPLANE_* variable before each test.
+TEST_REDIS_URL = os.environ.get("LOOPLANE_TEST_REDIS_URL", "")
+
+
+async def test_build_storage_redis_alias_uses_url_lease_and_pool_size(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    from looplane.storage.redis import RedisStorage
+
+    storage_section = {
+        "backend": "redis",
+        "url": "redis://u:pw@redis.internal:6390/2",
+        "lease": "45s",
+        "max_connections": 7,
+    }
+    storage = build_storage(make_settings(tmp_path, storage=storage_section))
+    opened.append(storage)
+
+    assert isinstance(storage, RedisStorage)
+    assert storage.url == "redis://u:pw@redis.internal:6390/2"
+    assert storage.default_lease_s == 45.0
+    assert storage._redis.connection_pool.max_connections == 7
+
+
+async def test_build_result_backend_redis_follows_redis_storage_and_its_url(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    from looplane.result.redis import RedisResultBackend
+
+    settings = make_settings(
+        tmp_path,
+        storage={"backend": "redis", "url": "redis://redis.internal:6390/2", "max_connections": 4},
+        results={"ttl": "2h"},
+    )
+    storage = build_storage(settings)
+    results = build_result_backend(settings, storage)
+    opened += [storage, results]
+
+    assert isinstance(results, RedisResultBackend)
+    assert (results.where, results.ttl_s, results.max_connections) == (
+        "redis.internal:6390",
+        7200.0,
+        4,
+    )
+
+
+async def test_build_result_backend_redis_url_overrides_the_storage_url(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    from looplane.result.redis import RedisResultBackend
+
+    settings = make_settings(
+        tmp_path,
+        storage={"backend": "memory", "url": "redis://tasks.internal:6379/0"},
+        results={"backend": "Redis", "url": "redis://results.internal:6380/1", "ttl": "never"},
+    )
+    storage = build_storage(settings)
+    results = build_result_backend(settings, storage)
+    opened += [storage, results]
+
+    assert isinstance(results, RedisResultBackend)
+    assert (results.where, results.ttl_s) == ("results.internal:6380", None)
+
+
+async def test_build_result_backend_redis_without_any_url_uses_the_local_server(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    from looplane.result.redis import RedisResultBackend
+
+    settings = make_settings(tmp_path, results={"backend": "redis"})
+    results = build_result_backend(settings, InMemoryStorage())
+    opened.append(results)
+
+    assert isinstance(results, RedisResultBackend)
+    assert results.where == "127.0.0.1:6379"
+
+
+BAD_URL = "http://u:hunter2@h/0"
+
+
+@pytest.mark.parametrize(
+    ("sections", "key"),
+    [
+        pytest.param({"storage": {"backend": "redis", "url": BAD_URL}}, "storage", id="storage"),
+        pytest.param({"results": {"backend": "redis", "url": BAD_URL}}, "results", id="results"),
+        pytest.param(
+            {"storage": {"backend": "memory", "url": BAD_URL}, "results": {"backend": "redis"}},
+            "storage",
+            id="results-from-storage",
+        ),
+    ],
+)
+def test_build_redis_bad_url_names_the_setting_and_masks_the_password(
+    tmp_path: Path, sections: dict[str, Any], key: str
+) -> None:
+    settings = make_settings(tmp_path, **sections)
+
+    with pytest.raises(ConfigError, match=rf"^{key}\.url: .*\(got 'http://u:\*+@h/0'\)$") as caught:
+        build(settings)
+
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+def test_build_redis_results_bad_ttl_names_the_setting(tmp_path: Path) -> None:
+    settings = assign(make_settings(tmp_path, results={"backend": "redis"}), "results.ttl", -1.0)
+
+    with pytest.raises(ConfigError, match=r"^results\.ttl: result ttl_s must be a positive"):
+        build_result_backend(settings, InMemoryStorage())
+
+
+@pytest.mark.redis
+async def test_from_config_runs_a_worker_on_redis_end_to_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``LOOPLANE_STORAGE=redis`` plus a URL is all it takes; results follow the storage."""
+    if not TEST_REDIS_URL:
+        pytest.skip("LOOPLANE_TEST_REDIS_URL is not set")
+    from looplane.result.redis import RedisResultBackend
+    from looplane.storage.redis import RedisStorage
+
+    queue = f"factory-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("LOOPLANE_STORAGE", "redis")
+    monkeypatch.setenv("LOOPLANE_STORAGE__URL", TEST_REDIS_URL)
+    monkeypatch.setenv("LOOPLANE_STORAGE__QUEUE", queue)
+    stop = asyncio.Event()
+    async with looplane.from_config(app=[APP_TASKS]) as app:
+        assert isinstance(app.storage, RedisStorage)
+        assert isinstance(app.result_backend, RedisResultBackend)
+        worker = asyncio.create_task(app.run_worker(stop))
+        task = await app.producer.send("factory_app.shout", "done")
+        try:
+            result = await app.result_backend.wait(task.id, timeout=10)
+        finally:
+            stop.set()
+            await worker
+        client = app.result_backend._client
+        keys = [key async for key in client.scan_iter(match=f"*{{{queue}}}*")]
+        keys += [key async for key in client.scan_iter(match=f"*{task.id}*")]
+        if keys:
+            await client.delete(*keys)
+        index = app.result_backend._key("index")
+        await client.zrem(index, f"{task.id}:1")
+        if not await client.exists(index):
+            await client.delete(app.result_backend._key("seq"))
+        await client.srem(f"{app.storage.queue_prefix}:queues", queue)
+
+    assert result.value == "DONE"

@@ -12,6 +12,7 @@ from looplane.storage.base import (
 )
 from looplane.storage.lmdb import LMDBStorage
 from looplane.storage.memory import InMemoryStorage
+from looplane.storage.redis import RedisStorage
 
 __all__ = [
     "Claim",
@@ -20,6 +21,7 @@ __all__ = [
     "LMDBStorage",
     "NewTask",
     "QueueCounts",
+    "RedisStorage",
     "StorageBackend",
     "TaskInfo",
     "TaskState",

@@ -1,7 +1,13 @@
 """The result backend contract, run on every backend, plus LMDB's sharing and doorbell cases.
 
 Waits are proven to wake on a store, not on the LMDB backend's once-a-second fallback look:
-an autouse fixture stretches that fallback past every timeout used here.
+an autouse fixture stretches that fallback past every timeout used here. Redis waits look
+again only every few seconds, longer than `WAKE_S`.
+
+Redis expires results on its own clock, which a `FakeClock` cannot move, so the expiry
+cases move time through a `Timeline`: the fake clock's ``advance`` for memory and LMDB, real
+time with a short time to live for Redis. The Redis cases run against the server named by
+``LOOPLANE_TEST_REDIS_URL``, each under its own key prefix, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import pytest
 
@@ -24,6 +30,7 @@ from looplane.result import lmdb as lmdb_results
 from looplane.result.base import DEFAULT_RESULT_TTL_S, ResultBackend, TaskResult
 from looplane.result.lmdb import LMDBResultBackend
 from looplane.result.memory import InMemoryResultBackend
+from looplane.result.redis import RedisResultBackend
 from tests.test_codec import assert_same
 
 if TYPE_CHECKING:
@@ -33,7 +40,12 @@ if TYPE_CHECKING:
 
     from looplane._clock import FakeClock
 
-BACKENDS = [pytest.param("memory", id="memory"), pytest.param("lmdb", id="lmdb")]
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("lmdb", id="lmdb"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+REDIS_URL_ENV = "LOOPLANE_TEST_REDIS_URL"
 TTL_S = 10.0
 WAKE_S = 2.0
 """How soon a store must wake a waiter whose own timeout is `LONG_S`."""
@@ -41,7 +53,56 @@ LONG_S = 25.0
 
 
 class OpenResults(Protocol):
+    timeline: Timeline
+
     def __call__(self, *, ttl_s: float | None = ...) -> ResultBackend: ...
+
+
+class Timeline:
+    """How expiry cases let time pass: a fake clock's advance, or real time on a server."""
+
+    def __init__(self, clock: FakeClock | None) -> None:
+        self.clock = clock
+        self.ttl_s = TTL_S if clock is not None else REDIS_TTL_S
+        self.slack_s = self.ttl_s / 10 if clock is not None else REDIS_SLACK_S
+
+    async def advance(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            # Real time is the subject here: Redis expires keys on the server's clock.
+            await asyncio.sleep(seconds)
+
+    async def skip_far_ahead(self, backend: ResultBackend) -> None:
+        """A century on a fake clock; on Redis, which cannot skip, check nothing expires."""
+        if self.clock is not None:
+            self.clock.advance(100 * 365 * 86_400.0)
+            return
+        assert isinstance(backend, RedisResultBackend)
+        client = backend._client
+        keys = [key async for key in client.scan_iter(match=backend._key("*"))]
+        assert keys
+        assert [await client.pttl(key) for key in keys] == [-1] * len(keys)
+
+
+REDIS_TTL_S = 1.0
+REDIS_SLACK_S = 0.25
+
+
+def redis_url() -> str:
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        pytest.skip(f"{REDIS_URL_ENV} is not set")
+    return url
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key a `RedisResultBackend` with `prefix` wrote."""
+    async with RedisResultBackend(url, prefix=prefix) as backend:
+        client = backend._client
+        keys = [key async for key in client.scan_iter(match=backend._key("*"))]
+        if keys:
+            await client.delete(*keys)
 
 
 @pytest.fixture(autouse=True)
@@ -54,19 +115,27 @@ async def open_results(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[OpenResults]:
     opened: list[ResultBackend] = []
+    url = redis_url() if request.param == "redis" else ""
+    prefix = f"lqtest-{uuid.uuid4().hex[:12]}"
 
     def open_backend(*, ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> ResultBackend:
         backend: ResultBackend
         if request.param == "memory":
             backend = InMemoryResultBackend(ttl_s=ttl_s, clock=clock)
-        else:
+        elif request.param == "lmdb":
             backend = LMDBResultBackend(tmp_path / "db", ttl_s=ttl_s, clock=clock)
+        else:
+            backend = RedisResultBackend(url, ttl_s=ttl_s, prefix=prefix, clock=clock)
         opened.append(backend)
         return backend
 
-    yield open_backend
+    opener = cast("OpenResults", open_backend)
+    opener.timeline = Timeline(None if request.param == "redis" else clock)
+    yield opener
     for backend in opened:
         await backend.close()
+    if url:
+        await delete_prefix(url, prefix)
 
 
 @pytest.fixture
@@ -100,9 +169,17 @@ def make_result(
 
 
 async def stored_count(backend: ResultBackend) -> int:
-    """How many results the backend still holds, expired or not (its purge is visible)."""
+    """How many results the backend still holds, expired or not (its purge is visible).
+
+    Redis removes expired results itself; its index may lag, but never below them.
+    """
     if isinstance(backend, InMemoryResultBackend):
         return len(backend._order)
+    if isinstance(backend, RedisResultBackend):
+        client = backend._client
+        count = len([key async for key in client.scan_iter(match=backend._key("result", "*"))])
+        assert await client.zcard(backend._key("index")) >= count
+        return count
     assert isinstance(backend, LMDBResultBackend)
     env = LMDBEnv.acquire(backend.path)
     try:
@@ -343,17 +420,17 @@ async def test_wait_cancelled_leaves_the_backend_usable(results: ResultBackend) 
 # Expiry ------------------------------------------------------------------------------------
 
 
-async def test_results_past_their_ttl_are_invisible_and_purged(
-    open_results: OpenResults, clock: FakeClock
-) -> None:
+async def test_results_past_their_ttl_are_invisible_and_purged(open_results: OpenResults) -> None:
     """PF-27: https://github.com/celery/celery/issues/75"""
-    results = open_results(ttl_s=TTL_S)
+    timeline = open_results.timeline
+    ttl_s = timeline.ttl_s
+    results = open_results(ttl_s=ttl_s)
     old = make_result(new_id(), value="old")
     await results.store(old)
-    clock.advance(TTL_S / 2)
+    await timeline.advance(ttl_s / 2)
     young = make_result(new_id(), value="young")
     await results.store(young)
-    clock.advance(TTL_S / 2 + 1)
+    await timeline.advance(ttl_s / 2 + timeline.slack_s)
 
     assert await results.results() == [young]
     assert await results.get(old.task_id) is None
@@ -361,41 +438,39 @@ async def test_results_past_their_ttl_are_invisible_and_purged(
     assert await results.get(young.task_id) == young
     assert await stored_count(results) == 1
 
-    clock.advance(TTL_S)
+    await timeline.advance(ttl_s)
     assert await results.get(young.task_id) is None
     assert await stored_count(results) == 0
 
 
-async def test_store_purges_results_past_their_ttl(
-    open_results: OpenResults, clock: FakeClock
-) -> None:
-    results = open_results(ttl_s=TTL_S)
+async def test_store_purges_results_past_their_ttl(open_results: OpenResults) -> None:
+    timeline = open_results.timeline
+    results = open_results(ttl_s=timeline.ttl_s)
     for n in range(3):
         await results.store(make_result(new_id(), value=n))
-    clock.advance(TTL_S + 1)
+    await timeline.advance(timeline.ttl_s + timeline.slack_s)
 
     await results.store(make_result(new_id()))
 
     assert await stored_count(results) == 1
 
 
-async def test_wait_ignores_an_expired_final_result(
-    open_results: OpenResults, clock: FakeClock
-) -> None:
-    results = open_results(ttl_s=TTL_S)
+async def test_wait_ignores_an_expired_final_result(open_results: OpenResults) -> None:
+    timeline = open_results.timeline
+    results = open_results(ttl_s=timeline.ttl_s)
     task_id = new_id()
     await results.store(make_result(task_id))
-    clock.advance(TTL_S + 1)
+    await timeline.advance(timeline.ttl_s + timeline.slack_s)
 
     with pytest.raises(TaskTimeout, match=task_id):
         await results.wait(task_id, timeout=0)
 
 
-async def test_ttl_none_keeps_results_forever(open_results: OpenResults, clock: FakeClock) -> None:
+async def test_ttl_none_keeps_results_forever(open_results: OpenResults) -> None:
     results = open_results(ttl_s=None)
     result = make_result(new_id())
     await results.store(result)
-    clock.advance(100 * 365 * 86_400.0)
+    await open_results.timeline.skip_far_ahead(results)
     await results.store(make_result(new_id()))
 
     assert await results.get(result.task_id) == result
