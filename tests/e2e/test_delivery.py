@@ -302,7 +302,11 @@ if __name__ == "__main__":
 async def test_pf19_main_module_producer_reaches_worker(
     workers: Workers, client: Client, tmp_path: Path, db_path: Path, log_path: Path
 ) -> None:
-    """https://github.com/coleifer/huey/issues/436, https://github.com/taskiq-python/taskiq/issues/507."""
+    """A producer run as __main__ and a worker importing the module agree on the name.
+
+    https://github.com/coleifer/huey/issues/436
+    https://github.com/taskiq-python/taskiq/issues/507
+    """
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / "pf19_app.py").write_text(PF19_APP)
