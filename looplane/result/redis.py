@@ -380,10 +380,13 @@ class RedisResultBackend(ResultBackend):
         await self._client.aclose()
 
 
+_POOL_WAIT_S = 30.0
+
+
 def _client(url: str, max_connections: int) -> Redis:
     """A client on its own pool; nothing connects until the first command."""
     try:
-        from redis.asyncio import ConnectionPool, Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
     except ImportError as exc:
@@ -391,9 +394,12 @@ def _client(url: str, max_connections: int) -> Redis:
             "the Redis result backend needs redis-py: pip install 'looplane[redis]'"
         ) from exc
     try:
-        pool = ConnectionPool.from_url(
+        # A blocking pool: when every connection is busy, a store waits for one instead of
+        # failing with "too many connections" (which would strand the task it belongs to).
+        pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
+            timeout=_POOL_WAIT_S,
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_connect_timeout=_SOCKET_TIMEOUT_S,
             # A dropped connection is retried a few times, so a Redis restart or a

@@ -87,6 +87,8 @@ _SCAN_BATCH = 500
 # so a blocked read is never cut off client-side (pitfall 18).
 _BLOCK_S = 2.0
 _BLOCK_SOCKET_TIMEOUT_S = _BLOCK_S + 10.0
+# How long a call waits for a free pooled connection before it fails.
+_POOL_WAIT_S = 30.0
 # How often the bell stream is cut back; it only carries wake-ups, so trimming loses nothing.
 _BELL_LENGTH = 16
 # Connection retries (with backoff) before a call raises `StorageUnavailable`.
@@ -491,9 +493,12 @@ class RedisStorage(StorageBackend):
         self._redis_error: type[Exception] = RedisError
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=_RETRIES)
         try:
-            self._redis: Redis = aioredis.Redis.from_url(
-                url, max_connections=max_connections, retry=retry
+            # A blocking pool: when every connection is busy, a call waits for one instead
+            # of failing with "too many connections" (which would strand leased tasks).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=_POOL_WAIT_S, retry=retry
             )
+            self._redis: Redis = aioredis.Redis.from_pool(pool)
             # Watchers block on their own pool, so a blocked read never holds a connection
             # that sends and claims need.
             self._blocking: Redis = aioredis.Redis.from_url(

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from looplane.errors import ConfigError, StorageError, StorageUnavailable, TaskTimeout
-from looplane.result.base import DEFAULT_RESULT_TTL_S
+from looplane.result.base import DEFAULT_RESULT_TTL_S, TaskResult
 from looplane.result.redis import RedisResultBackend
+from looplane.task import new_task_id
 from tests.result.test_backends import delete_prefix, make_result, new_id, redis_url
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from multiprocessing.sharedctypes import Synchronized
     from pathlib import Path
 
-    from looplane.result.base import TaskResult
 
 TTL_S = 1.0
 SLACK_S = 0.25
@@ -282,3 +282,14 @@ def test_redis_backend_without_redis_py_names_the_extra(monkeypatch: pytest.Monk
 def test_redis_backend_refuses_bad_options(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RedisResultBackend(**options)  # type: ignore[arg-type]  # deliberately bad options
+
+
+async def test_redis_more_concurrent_stores_than_connections_wait_for_one(
+    open_redis: Callable[..., RedisResultBackend],
+) -> None:
+    backend = open_redis(max_connections=2)
+    results = [
+        TaskResult(task_id=new_task_id(), func_name="t", success=True, value=n) for n in range(200)
+    ]
+    await asyncio.gather(*(backend.store(result) for result in results))
+    assert len(await backend.results()) == 200

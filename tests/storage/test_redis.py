@@ -268,3 +268,16 @@ async def test_lease_follows_the_claiming_storage_and_the_task_timeout(
     leases = [c.lease_s for c in await long.claim(1)] + [c.lease_s for c in await short.claim(2)]
 
     assert leases == [50.0, 5.0, 7.0]
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one(
+    open_storage: Callable[..., RedisStorage],
+) -> None:
+    """A busy pool must make calls wait, not fail with "too many connections": a failed ack
+    or store would strand a leased task until its lease ran out."""
+    storage = open_storage(max_connections=2)
+    await asyncio.gather(*(storage.enqueue([new_task()]) for _ in range(200)))
+    claims = await storage.claim(200)
+    assert len(claims) == 200
+    assert all(await asyncio.gather(*(storage.ack(claim) for claim in claims)))
+    assert (await storage.counts()).ready == 0
