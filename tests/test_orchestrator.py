@@ -14,7 +14,7 @@ from looplane._clock import FakeClock
 from looplane.broker import StorageConsumer, StorageProducer
 from looplane.errors import BrokerError, TaskTimeout
 from looplane.orchestrator import Orchestrator
-from looplane.result import InMemoryResultBackend, LMDBResultBackend
+from looplane.result import InMemoryResultBackend, LMDBResultBackend, TaskResult
 from looplane.storage import InMemoryStorage, LMDBStorage, NewTask
 from tests._rig import Register, Rig, run_until, until, until_async
 
@@ -767,3 +767,41 @@ async def test_requeued_dead_task_runs_again_without_hiding_its_new_result(
 async def _succeeded(rig: Rig, task: Task) -> bool:
     latest = await rig.results.get(task.id)
     return latest is not None and latest.success
+
+
+async def test_redelivered_task_that_already_succeeded_is_acked_without_running(
+    tasks: Register,
+) -> None:
+    """A worker killed between storing a success and acking it must not cause a second run
+    (and a second success) when the task is delivered again."""
+    clock = FakeClock()
+    storage = InMemoryStorage(clock=clock)
+    results = InMemoryResultBackend()
+    runs = 0
+
+    @tasks
+    async def once() -> str:
+        nonlocal runs
+        runs += 1
+        return "done"
+
+    task = await StorageProducer(storage).send(once)
+    doomed = StorageConsumer(storage, clock=clock)
+    delivered = await doomed.receive(timeout=0)
+    assert delivered is not None
+    await results.store(
+        TaskResult(task_id=task.id, func_name="test.once", success=True, value="done")
+    )
+    clock.advance(storage.default_lease_s + 1)
+
+    orchestrator = Orchestrator(StorageConsumer(storage, clock=clock), results, 2)
+    await orchestrator.start()
+    await until_async(lambda: _queue_empty(storage))
+    await orchestrator.stop()
+    assert runs == 0
+    assert [r.success for r in await results.attempts(task.id)] == [True]
+
+
+async def _queue_empty(storage: InMemoryStorage) -> bool:
+    counts = await storage.counts()
+    return counts.ready + counts.leased + counts.delayed == 0
