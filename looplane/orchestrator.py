@@ -200,11 +200,15 @@ class Orchestrator:
                 continue
             try:
                 tasks = await self.consumer.receive_batch(self.capacity, timeout=_RECEIVE_WAIT_S)
-            except LooplaneError:
+            except LooplaneError as exc:
+                # One warning per outage, not one per retry; the retries back off to 5 s.
                 failures += 1
-                logger.exception("receive failed; retrying attempt=%d", failures)
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                logger.log(level, "receive failed, retrying with backoff error=%s", exc)
                 await self.clock.sleep(min(0.1 * 2**failures, 5.0))
                 continue
+            if failures:
+                logger.warning("receive works again after %d failed tries", failures)
             failures = 0
             for task in tasks:
                 self._spawn(task)

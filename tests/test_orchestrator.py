@@ -12,7 +12,7 @@ import pytest
 from looplane import Cancel, Retry, current_task
 from looplane._clock import FakeClock
 from looplane.broker import StorageConsumer, StorageProducer
-from looplane.errors import BrokerError, TaskTimeout
+from looplane.errors import BrokerError, StorageUnavailable, TaskTimeout
 from looplane.orchestrator import Orchestrator
 from looplane.result import InMemoryResultBackend, LMDBResultBackend, TaskResult
 from looplane.storage import InMemoryStorage, LMDBStorage, NewTask
@@ -805,3 +805,34 @@ async def test_redelivered_task_that_already_succeeded_is_acked_without_running(
 async def _queue_empty(storage: InMemoryStorage) -> bool:
     counts = await storage.counts()
     return counts.ready + counts.leased + counts.delayed == 0
+
+
+async def test_orchestrator_logs_one_warning_per_storage_outage(
+    tasks: Register, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = InMemoryStorage()
+    results = InMemoryResultBackend()
+    consumer = StorageConsumer(storage)
+    outage = {"left": 3}
+    receive = consumer.receive_batch
+
+    async def flaky_receive(batch_size: int = 10, *, timeout: float | None = None) -> list[Task]:
+        if outage["left"]:
+            outage["left"] -= 1
+            raise StorageUnavailable("storage at example:6379 is unreachable")
+        return await receive(batch_size, timeout=timeout)
+
+    consumer.receive_batch = flaky_receive  # type: ignore[method-assign]  # a process boundary
+
+    @tasks
+    async def ping() -> str:
+        return "pong"
+
+    task = await StorageProducer(storage).send(ping)
+    final = await run_until(Orchestrator(consumer, results, 2), results.wait(task.id, timeout=10))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert final.value == "pong"
+    assert warnings == [
+        "receive failed, retrying with backoff error=storage at example:6379 is unreachable",
+        "receive works again after 3 failed tries",
+    ]

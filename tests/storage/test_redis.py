@@ -19,6 +19,7 @@ from redis.crc import key_slot
 
 from looplane._clock import FakeClock
 from looplane.errors import ConfigError, StorageUnavailable
+from looplane.result import RedisResultBackend, TaskResult
 from looplane.storage import NewTask, QueueCounts
 from looplane.storage.redis import _SCRIPTS, RedisStorage
 from looplane.task import new_task_id
@@ -281,3 +282,35 @@ async def test_more_concurrent_calls_than_connections_wait_for_one(
     assert len(claims) == 200
     assert all(await asyncio.gather(*(storage.ack(claim) for claim in claims)))
     assert (await storage.counts()).ready == 0
+
+
+async def kill_clients_named(client: aioredis.Redis, name: str) -> int:
+    """Drop every server connection whose client name is `name`, as a network blip would."""
+    killed = 0
+    for entry in await client.client_list():
+        if entry.get("name") == name:
+            await client.client_kill_filter(_id=entry["id"])
+            killed += 1
+    return killed
+
+
+async def test_storage_and_results_survive_dropped_connections(
+    prefix: str, client: aioredis.Redis
+) -> None:
+    """A dropped connection (a Redis restart, a network blip) costs a retry, not an error."""
+    assert REDIS_URL
+    name = f"lqtest-{uuid.uuid4().hex[:8]}"
+    url = f"{REDIS_URL}?client_name={name}"
+    storage = RedisStorage(url, queue_prefix=prefix)
+    results = RedisResultBackend(url, prefix=prefix)
+    try:
+        await storage.enqueue([new_task()])
+        assert await kill_clients_named(client, name) >= 1
+        [claim] = await storage.claim(10)
+        await results.store(TaskResult(task_id=claim.task_id, func_name="t", success=True, value=1))
+        assert await kill_clients_named(client, name) >= 1
+        assert await storage.ack(claim)
+        assert (await results.wait(claim.task_id, timeout=5)).value == 1
+    finally:
+        await storage.close()
+        await results.close()
