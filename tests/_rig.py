@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from looplane.broker import StorageConsumer, StorageProducer
 from looplane.orchestrator import Orchestrator
-from looplane.result import InMemoryResultBackend, LMDBResultBackend, ResultBackend, TaskResult
-from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
+from looplane.result import (
+    InMemoryResultBackend,
+    LMDBResultBackend,
+    RedisResultBackend,
+    ResultBackend,
+    TaskResult,
+)
+from looplane.storage import InMemoryStorage, LMDBStorage, RedisStorage, StorageBackend
 from looplane.task import Task, register_task, registry
 
 if TYPE_CHECKING:
@@ -27,19 +34,30 @@ class Rig:
     results: ResultBackend
     producer: StorageProducer
 
+    redis_url: str | None = None
+    redis_prefix: str | None = None
+
     @classmethod
-    def open(cls, kind: str, tmp_path: Path) -> Rig:
+    def open(cls, kind: str, tmp_path: Path, *, redis_url: str | None = None) -> Rig:
         storage: StorageBackend
         results: ResultBackend
         if kind == "memory":
             storage, results = InMemoryStorage(), InMemoryResultBackend()
-        else:
+        elif kind == "lmdb":
             storage, results = LMDBStorage(tmp_path / "db"), LMDBResultBackend(tmp_path / "db")
+        else:
+            assert redis_url, "LOOPLANE_TEST_REDIS_URL is not set"
+            prefix = f"lqtest-{uuid.uuid4().hex[:12]}"
+            storage = RedisStorage(redis_url, queue_prefix=prefix)
+            results = RedisResultBackend(redis_url, prefix=prefix)
+            return cls(storage, results, StorageProducer(storage), redis_url, prefix)
         return cls(storage, results, StorageProducer(storage))
 
     async def close(self) -> None:
         await self.storage.close()
         await self.results.close()
+        if self.redis_url and self.redis_prefix:
+            await drop_keys(self.redis_url, self.redis_prefix)
 
     def orchestrator(self, concurrency: int = 10, **options: Any) -> Orchestrator:
         return Orchestrator(StorageConsumer(self.storage), self.results, concurrency, **options)
@@ -75,6 +93,20 @@ class Registrar:
     def clear(self) -> None:
         for name in self.names:
             registry.remove(name)
+
+
+async def drop_keys(url: str, prefix: str) -> None:
+    """Delete every key of a test's Redis prefix (results use a hash tag around it)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        for pattern in (f"{prefix}:*", f"{{{prefix}}}:*"):
+            keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+            for start in range(0, len(keys), 1000):
+                await client.delete(*keys[start : start + 1000])
+    finally:
+        await client.aclose()
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:

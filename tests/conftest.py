@@ -136,10 +136,10 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=STORAGE_BACKENDS)
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
-    """A storage, results and producer on memory or on LMDB."""
-    opened = Rig.open(request.param, tmp_path)
+    """A storage, results and producer on memory, LMDB or Redis."""
+    opened = Rig.open(request.param, tmp_path, redis_url=REDIS_URL)
     yield opened
     await opened.close()
 
