@@ -94,6 +94,9 @@ async def _serve(app: App, loaded: LoadedSettings, modules: Mapping[str, Sequenc
     stopper = _Stopper(grace_s=app.settings.worker.shutdown_grace)
     with stopper.installed(asyncio.get_running_loop()):
         async with app:
+            # Fail before the banner, not forever after "ready", when the storage cannot be
+            # reached at all (a wrong host, port or password).
+            await app.storage.counts(queue=app.settings.storage.queue)
             console = stdout_console()
             print_banner(
                 console,

@@ -4,6 +4,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ import pytest
 from looplane import LMDBResultBackend, LMDBStorage, StorageProducer
 from looplane.cli import app
 from looplane.cli.exit_codes import EXIT_CONFIG, EXIT_OK
-from tests.cli._process import READY_LINE, poll_until
+from tests.cli._process import READY_LINE, child_env, looplane_argv, poll_until
 from tests.cli.conftest import APP_MODULE
 from tests.conftest import eventually
 
@@ -301,3 +302,21 @@ async def test_worker_second_sigint_stops_at_once_and_requeues_running_tasks(
     assert stored == [None, None]
     assert "stopping at once" in worker.stderr()
     assert worker.stderr().count("interrupted by shutdown, requeued") == 2
+
+
+def test_worker_with_unreachable_storage_fails_before_ready(tmp_path: Path) -> None:
+    """A wrong host or port is a start-up error, not a worker that says "ready" forever."""
+    pytest.importorskip("redis")
+    done = subprocess.run(
+        [*looplane_argv(), "worker", "--storage", "redis"],
+        cwd=tmp_path,
+        env=child_env({"LOOPLANE_STORAGE__URL": "redis://user:sekret@127.0.0.1:1/0"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Worker ready" not in done.stdout
+    assert "unreachable" in done.stderr
+    assert "sekret" not in done.stdout + done.stderr
