@@ -57,7 +57,7 @@ class Rig:
         await self.storage.close()
         await self.results.close()
         if self.redis_url and self.redis_prefix:
-            await drop_keys(self.redis_url, self.redis_prefix)
+            await drop_redis_prefix(self.redis_url, self.redis_prefix)
 
     def orchestrator(self, concurrency: int = 10, **options: Any) -> Orchestrator:
         return Orchestrator(StorageConsumer(self.storage), self.results, concurrency, **options)
@@ -95,8 +95,8 @@ class Registrar:
             registry.remove(name)
 
 
-async def drop_keys(url: str, prefix: str) -> None:
-    """Delete every key of a test's Redis prefix (results use a hash tag around it)."""
+async def drop_redis_prefix(url: str, prefix: str) -> None:
+    """Delete every key of a test's Redis prefix (results put a hash tag around it)."""
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)

@@ -14,7 +14,7 @@ import pytest
 from looplane._clock import SYSTEM_CLOCK, Clock, FakeClock
 from looplane.storage import InMemoryStorage, LMDBStorage, StorageBackend
 from looplane.storage.redis import RedisStorage
-from tests._rig import Register, Registrar, Rig
+from tests._rig import Register, Registrar, Rig, drop_redis_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -57,19 +57,6 @@ async def drop_test_storage(backend: StorageBackend) -> None:
     """Delete what a test storage left on a server (the keys of a Redis storage's prefix)."""
     if isinstance(backend, RedisStorage):
         await drop_redis_prefix(backend.url, backend.queue_prefix)
-
-
-async def drop_redis_prefix(url: str, prefix: str) -> None:
-    """Delete every key under `prefix` on the Redis server at `url`."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture(params=STORAGE_BACKENDS)

@@ -83,7 +83,7 @@ StorageOption = Annotated[
     str | None,
     typer.Option(
         "--storage",
-        metavar="memory|lmdb|IMPORT.PATH",
+        metavar="memory|lmdb|redis|IMPORT.PATH",
         help="Storage backend (storage.backend): an alias or package.module:ClassName.",
         show_default=_default(StorageSettings, "backend"),
     ),

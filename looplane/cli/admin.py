@@ -89,7 +89,7 @@ def requeue(
     storage: StorageOption = None,
     db_path: DbPathOption = None,
 ) -> None:
-    """Put dead-lettered tasks back in the queue with fresh attempts; print how many.
+    """Put dead-lettered tasks back in the queue with their attempts again; print how many.
 
     Give one TASK_ID, or --dead for all of them, or --failed for those whose retries ran
     out. A TASK_ID that is not dead-lettered exits 1.

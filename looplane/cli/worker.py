@@ -95,8 +95,9 @@ async def _serve(app: App, loaded: LoadedSettings, modules: Mapping[str, Sequenc
     with stopper.installed(asyncio.get_running_loop()):
         async with app:
             # Fail before the banner, not forever after "ready", when the storage cannot be
-            # reached at all (a wrong host, port or password).
-            await app.storage.counts(queue=app.settings.storage.queue)
+            # reached at all (a wrong host, port or password). One listed task is the
+            # cheapest read every backend has; counting could scan a long queue.
+            await app.storage.tasks(limit=1, queue=app.settings.storage.queue)
             console = stdout_console()
             print_banner(
                 console,

@@ -498,7 +498,7 @@ class LMDBStorage(StorageBackend):
         return True
 
     async def requeue_dead(self, task_id: str) -> bool:
-        """Give a dead task fresh attempts and make it ready; False if it is not dead."""
+        """Make a dead task ready with its allowance again; see `StorageBackend.requeue_dead`."""
         key = _task_key(task_id)
         return await self.env.write(lambda txn: self._requeue_dead(txn, key), ring="ready")
 

@@ -279,7 +279,7 @@ class InMemoryStorage(StorageBackend):
         ]
 
     async def requeue_dead(self, task_id: str) -> bool:
-        """Give a dead task fresh attempts and make it ready; False if it is not dead."""
+        """Make a dead task ready with its allowance again; see `StorageBackend.requeue_dead`."""
         self._check_open()
         entry = self._entries.get(task_id)
         if entry is None or entry.state is not TaskState.DEAD:

@@ -340,6 +340,8 @@ local id = ARGV[A]
 local m = load(id)
 if not m or m.s ~= 'x' then return 0 end
 redis.call('ZREM', KEYS[8], id)
+-- The delivery that reported a worker lost on the last attempt was not an attempt.
+if m.a > m.m then m.a = m.m end
 m.m = m.a + m.b; m.r = ''; m.f = 0
 make_ready(id, m)
 ring()
@@ -688,7 +690,7 @@ class RedisStorage(StorageBackend):
         return sorted(_text(q) for q in raw)
 
     async def requeue_dead(self, task_id: str) -> bool:
-        """Give a dead task fresh attempts and make it ready; False if it is not dead."""
+        """Make a dead task ready with its allowance again; see `StorageBackend.requeue_dead`."""
         for queue in await self.queues():
             if await self._run("requeue_dead", queue, task_id) == 1:
                 return True

@@ -421,3 +421,18 @@ async def test_lmdb_enqueue_is_all_or_nothing_when_one_id_is_invalid(tmp_path: P
 
         assert await storage.counts() == QueueCounts()
         assert await storage.claim(10) == []
+
+
+async def test_requeue_after_a_worker_was_lost_on_the_last_attempt_counts_real_attempts(
+    fake_storage: StorageBackend, clock: FakeClock
+) -> None:
+    """The delivery past the limit only reports the loss; it is not an attempt."""
+    task = new_task(max_attempts=1)
+    await fake_storage.enqueue([task])
+    clock.advance((await claim_one(fake_storage)).lease_s + 1)
+    report = await claim_one(fake_storage)
+    assert await fake_storage.bury(report, reason="lost") is True
+
+    assert await fake_storage.requeue_dead(task.task_id) is True
+    claim = await claim_one(fake_storage)
+    assert (claim.attempt, claim.max_attempts) == (2, 2)

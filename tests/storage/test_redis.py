@@ -23,7 +23,8 @@ from looplane.result import RedisResultBackend, TaskResult
 from looplane.storage import NewTask, QueueCounts
 from looplane.storage.redis import _SCRIPTS, RedisStorage
 from looplane.task import new_task_id
-from tests.conftest import REDIS_MARKS, REDIS_URL, drop_redis_prefix
+from tests._rig import drop_redis_prefix
+from tests.conftest import REDIS_MARKS, REDIS_URL
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
