@@ -30,6 +30,7 @@ import errno
 import logging
 import os
 import queue
+import resource
 import threading
 import time
 import uuid
@@ -39,9 +40,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import lmdb
 
-from looplane.errors import StorageError, StorageUnavailable
+from looplane.errors import StorageError, StorageFull, StorageUnavailable
 
-__all__ = ["DB_NAMES", "DEFAULT_MAP_SIZE", "LMDBEnv", "Txn", "uuid_key"]
+__all__ = [
+    "DB_NAMES",
+    "DEFAULT_MAP_SIZE",
+    "DEFAULT_MAX_MAP_SIZE",
+    "DEFAULT_MAX_READERS",
+    "LMDBEnv",
+    "Txn",
+    "uuid_key",
+]
 
 logger = logging.getLogger("looplane.storage.lmdb")
 
@@ -53,6 +62,21 @@ else:
     Txn = lmdb.Transaction
 
 DEFAULT_MAP_SIZE = 1 << 30
+# The map is only reserved address space (writemap is off, so the file grows with the data),
+# so a large cap costs nothing until used. It bounds a runaway producer well before most
+# disks fill, and 64 GiB of waiting tasks means the queue is not being drained.
+DEFAULT_MAX_MAP_SIZE = 64 << 30
+# Sends are refused once live data reaches the cap less a reserve of 1/_RESERVE_SHARE of it
+# (at most _MAX_RESERVE), so acks, retries and results, which LMDB's copy-on-write also
+# needs free pages for, find room. An eighth proved too little to drain a 1 MiB map.
+_RESERVE_SHARE = 4
+_MAX_RESERVE = 1 << 30
+# Files hold task arguments and results: owner only (the umask may make them stricter).
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# Less room than this on the disk (or under the file size limit) makes an EIO a full disk.
+_SHORT_OF_SPACE = 64 << 20
 DEFAULT_MAX_READERS = 1024
 DB_NAMES = (
     "meta",
@@ -71,7 +95,8 @@ _MAX_BATCH = 256
 _READER_CHECK_S = 60.0
 _STOP = object()
 
-Op = tuple[Callable[[Any], Any], str | None, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+# (operation, doorbell to ring, caller's loop, caller's future, is a send)
+Op = tuple[Callable[[Any], Any], str | None, asyncio.AbstractEventLoop, "asyncio.Future[Any]", bool]
 
 
 class _Gate:
@@ -116,12 +141,19 @@ class LMDBEnv:
     _inherited: ClassVar[list[LMDBEnv]] = []
     _lock = threading.Lock()
 
-    def __init__(self, path: str, map_size: int, max_readers: int) -> None:
+    def __init__(
+        self, path: str, map_size: int, max_readers: int, max_map_size: int = DEFAULT_MAX_MAP_SIZE
+    ) -> None:
         self.path = path
         self.pid = os.getpid()
         self.refs = 0
+        self.max_map_size = max(max_map_size, map_size)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise StorageError(
+                f"the LMDB path {path} exists but is not a directory", backend="lmdb"
+            )
         try:
-            Path(path).mkdir(parents=True, exist_ok=True)
+            Path(path).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(
                 f"cannot create the LMDB directory {path}: {exc.strerror}", backend="lmdb"
@@ -130,6 +162,7 @@ class LMDBEnv:
             self.env = lmdb.open(
                 path,
                 map_size=map_size,
+                mode=_FILE_MODE,
                 max_dbs=len(DB_NAMES) + 2,
                 max_readers=max_readers,
                 subdir=True,
@@ -143,10 +176,13 @@ class LMDBEnv:
             raise StorageError(
                 f"cannot open LMDB environment at {path}: {exc}", backend="lmdb"
             ) from exc
-        self.env.reader_check()
-        self._last_reader_check = time.monotonic()
-        with self.env.begin(write=True) as txn:
-            self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+        try:
+            self._open_dbs()
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StorageError(
+                f"cannot open LMDB environment at {path}: {exc}", backend="lmdb"
+            ) from exc
         self._gate = _Gate()
         self._bells = {
             name: _Bell(os.path.join(path, f"{name}.bell")) for name in ("ready", "results")
@@ -159,6 +195,15 @@ class LMDBEnv:
         )
         self._writer.start()
 
+    def _open_dbs(self) -> None:
+        # Slots left by processes killed while reading are freed before this one takes its
+        # own, so a crash loop can never exhaust max_readers.
+        self.env.reader_check()
+        self._last_reader_check = time.monotonic()
+        self._page_size: int = self.env.stat()["psize"]
+        with self.env.begin(write=True) as txn:
+            self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+
     @classmethod
     def acquire(
         cls,
@@ -166,13 +211,18 @@ class LMDBEnv:
         *,
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = DEFAULT_MAX_READERS,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
     ) -> LMDBEnv:
-        """The process's environment for `path`, opened on first use."""
+        """The process's environment for `path`, opened on first use.
+
+        The first opener's `map_size`, `max_readers` and `max_map_size` apply to the whole
+        process; later ones share its environment.
+        """
         real = os.path.realpath(os.fspath(path))
         with cls._lock:
             env = cls._open.get(real)
             if env is None or env.pid != os.getpid():
-                env = cls(real, map_size, max_readers)
+                env = cls(real, map_size, max_readers, max_map_size)
                 cls._open[real] = env
             env.refs += 1
             return env
@@ -209,12 +259,20 @@ class LMDBEnv:
 
     # Writing -----------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[Txn], T], *, ring: str | None = None) -> T:
+    async def write(
+        self, fn: Callable[[Txn], T], *, ring: str | None = None, send: bool = False
+    ) -> T:
         """Run `fn` in a write transaction on the writer thread and return its result.
 
         The result arrives after the commit. If cancelled, the write still happens (or not)
         as a whole; only the answer is lost. After a successful commit the `ring` doorbell
-        rings, waking waiters in this and other processes.
+        rings, waking waiters in this and other processes. Mark writes that add work with
+        `send`: when the map is full they are refused first, so acks and results committed
+        in the same group still succeed.
+
+        Raises:
+            StorageFull: The map is at its cap or the disk refused to grow the file.
+            StorageError: LMDB failed; the message names the path.
         """
         if self.pid != os.getpid():
             raise StorageUnavailable("LMDB environment used after fork; reopen it", backend="lmdb")
@@ -222,7 +280,7 @@ class LMDBEnv:
             raise StorageUnavailable(f"LMDB environment at {self.path} is closed", backend="lmdb")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._ops.put((fn, ring, loop, future))
+        self._ops.put((fn, ring, loop, future, send))
         return await future
 
     def _write_loop(self) -> None:
@@ -241,7 +299,7 @@ class LMDBEnv:
             except queue.Empty:
                 return
             if op is not _STOP:
-                _, _, loop, future = op
+                _, _, loop, future, _ = op
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_answer, [(future, False, closed)])
 
@@ -271,7 +329,7 @@ class LMDBEnv:
         for name in rings:
             self._ring(name)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
-        for (_, _, loop, future), (ok, value) in zip(batch, outcomes, strict=True):
+        for (_, _, loop, future, _), (ok, value) in zip(batch, outcomes, strict=True):
             by_loop.setdefault(loop, []).append((future, ok, value))
         for loop, answers in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -287,13 +345,96 @@ class LMDBEnv:
                 # would end the writer thread and leave every caller of the batch waiting.
                 try:
                     self._grow()
-                except StorageError as exc:
-                    return [(False, exc)] * len(batch)
+                except StorageFull as exc:
+                    return self._sends_apart(batch, exc)
             except lmdb.MapResizedError:
                 self._adopt_new_size()
             except lmdb.Error as exc:
-                error = StorageError(f"LMDB write at {self.path} failed: {exc}", backend="lmdb")
+                error = self._write_error(exc)
+                if isinstance(error, StorageFull):
+                    return self._sends_apart(batch, error)
                 return [(False, error)] * len(batch)
+
+    # Limitation: a result and its ack are two operations; when a group reaches _MAX_BATCH
+    # between them they commit in two groups, so at the cap the result can fail while the
+    # ack commits, leaving a finished task without its result.
+    # Lifted by: one operation that stores the result and acks (see Orchestrator._store_then).
+    def _sends_apart(self, batch: list[Op], full: StorageFull) -> list[tuple[bool, Any]]:
+        # With no room left, sends are the writes that can wait. The other writes retry as
+        # one group, so a result and the ack submitted with it still commit or fail together;
+        # then each send retries alone, so one large send cannot sink the small ones.
+        sends = [i for i, op in enumerate(batch) if op[4]]
+        if not sends or len(batch) == 1:
+            return [(False, full)] * len(batch)
+        outcomes: list[tuple[bool, Any]] = [(False, full)] * len(batch)
+        rest = [i for i, op in enumerate(batch) if not op[4]]
+        groups = ([rest] if rest else []) + [[i] for i in sends]
+        for group in groups:
+            done = self._commit_with_growth([batch[i] for i in group])
+            for i, outcome in zip(group, done, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _write_error(self, exc: lmdb.Error) -> StorageError:
+        # LMDB reports a failed file write by its errno text; a full disk, a file size limit
+        # or a quota is "full", which callers can act on, not a generic failure. A write
+        # the disk cut short is reported as EIO, so EIO counts as full when space is short.
+        text = str(exc)
+        no_space = any(os.strerror(code) in text for code in _NO_SPACE)
+        if no_space or (os.strerror(errno.EIO) in text and self._short_of_space()):
+            return self._full(f"the disk refused to extend the file ({text})")
+        return StorageError(f"LMDB write at {self.path} failed: {exc}", backend="lmdb")
+
+    # Limitation: LMDB turns a write the disk cut short into EIO without the cause, so EIO is
+    # taken as "full" only when under _SHORT_OF_SPACE is left; a real I/O error on a nearly
+    # full disk is then reported as full.
+    # Lifted by: LMDB reporting the errno of a short write.
+    def _short_of_space(self) -> bool:
+        try:
+            fs = os.statvfs(self.path)
+            size = os.stat(os.path.join(self.path, "data.mdb")).st_size
+        except OSError:  # pragma: no cover - the directory vanished under us
+            return False
+        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        file_room = limit - size if limit != resource.RLIM_INFINITY else fs.f_bavail
+        return min(fs.f_bavail * fs.f_frsize, file_room) < _SHORT_OF_SPACE
+
+    def _full(self, why: str) -> StorageFull:
+        size = self.env.info()["map_size"]
+        return StorageFull(
+            f"LMDB storage at {self.path} is full: {why}; map_size={size} "
+            f"max_map_size={self.max_map_size}. Drain the queue (run workers, purge dead "
+            "tasks), free disk space or raise storage.max_map_size",
+            path=self.path,
+            map_size=size,
+            max_map_size=self.max_map_size,
+        )
+
+    # Limitation: live pages leave out the free list and pages that open readers still pin,
+    # so a drain under a reader that stays open for long can still reach the cap; its acks
+    # and results then fail with StorageFull and the tasks run again when their leases end.
+    # Lifted by: counting free pages too (LMDB's free DB, which py-lmdb does not expose).
+    def check_send_room(self, txn: Txn) -> None:
+        """Refuse a send whose data would leave too little room to drain the queue.
+
+        Call it in the send's transaction after its writes, so their pages count. It
+        compares the live pages of every database with the cap less a reserve kept for
+        acks, retries and results.
+
+        Raises:
+            StorageFull: Live data passed the send limit; the caller's transaction must
+                roll back.
+        """
+        limit = self.max_map_size - min(self.max_map_size // _RESERVE_SHARE, _MAX_RESERVE)
+        if self._live_bytes(txn) > limit:
+            raise self._full(f"live data passed the send limit of {limit} bytes")
+
+    def _live_bytes(self, txn: Txn) -> int:
+        pages = 0
+        for db in (*self.dbs.values(), None):
+            stat = txn.stat(db) if db is not None else txn.stat()
+            pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return pages * self._page_size
 
     def _commit(self, batch: list[Op]) -> list[tuple[bool, Any]]:
         # Operations almost never fail, so the batch first runs flat in one transaction.
@@ -303,7 +444,7 @@ class LMDBEnv:
         with self._gate.shared():
             txn = self.env.begin(write=True)
             try:
-                outcomes = [(True, fn(txn)) for fn, _, _, _ in batch]
+                outcomes = [(True, fn(txn)) for fn, _, _, _, _ in batch]
             except BaseException as exc:
                 txn.abort()
                 if isinstance(exc, lmdb.MapFullError | lmdb.MapResizedError):
@@ -315,7 +456,7 @@ class LMDBEnv:
     def _commit_isolated(self, batch: list[Op]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         with self._gate.shared(), self.env.begin(write=True) as txn:
-            for fn, _, _, _ in batch:
+            for fn, _, _, _, _ in batch:
                 try:
                     with self.env.begin(write=True, parent=txn) as child:
                         outcomes.append((True, fn(child)))
@@ -329,17 +470,16 @@ class LMDBEnv:
         return outcomes
 
     def _grow(self) -> None:
-        size = self.env.info()["map_size"] * 2
+        current = self.env.info()["map_size"]
+        size = min(current * 2, self.max_map_size)
+        if size <= current:
+            raise self._full("the map reached max_map_size")
         logger.warning("LMDB map full; growing path=%s map_size=%d", self.path, size)
         try:
             with self._gate.exclusive():
                 self.env.set_mapsize(size)
         except lmdb.Error as exc:
-            raise StorageError(
-                f"LMDB map at {self.path} is full and cannot grow to {size} bytes ({exc}); "
-                "free disk space or raise the storage map_size setting",
-                backend="lmdb",
-            ) from exc
+            raise self._full(f"the map cannot grow to {size} bytes ({exc})") from exc
 
     def _adopt_new_size(self) -> None:
         with self._gate.exclusive():
@@ -426,7 +566,7 @@ class _Bell:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
 
     def ring(self) -> None:
         os.pwrite(self._fd, b"\x01", 0)

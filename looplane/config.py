@@ -35,7 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -70,6 +70,7 @@ __all__ = [
     "WorkerSettings",
     "leaf_keys",
     "load_settings",
+    "mask_url_in",
     "parse_duration",
     "redact_url",
     "to_document",
@@ -187,6 +188,9 @@ class StorageSettings(_Section):
     backend: BackendName = "lmdb"
     path: Path = Path("/tmp/looplane")
     map_size: ByteSize = Field(default=ByteSize(1 << 30))
+    # The cap the LMDB map may double up to; near it sends fail with StorageFull. A cap
+    # below map_size is raised to map_size.
+    max_map_size: ByteSize = Field(default=ByteSize(64 << 30))
     max_readers: PositiveInt = 1024
     lease: PositiveDuration = 30.0
     queue: str = "default"
@@ -219,6 +223,7 @@ class WorkerSettings(_Section):
 
     concurrency: PositiveInt = 10
     shutdown_grace: Duration = 30.0
+    processes: PositiveInt = 1
 
 
 class RetrySettings(_Section):
@@ -268,6 +273,9 @@ class Settings(BaseSettings):
         env_nested_delimiter=_NESTING,
         extra="forbid",
         validate_default=True,
+        # A bad value of a URL setting may hold its password; pydantic's own message would
+        # print it. `load_settings` still reads the values from `errors()` and masks secrets.
+        hide_input_in_errors=True,
     )
 
     app: Annotated[list[str], BeforeValidator(_name_list)] = Field(default_factory=list)
@@ -825,6 +833,39 @@ def _redact_param(param: str) -> str:
     return f"{name}={MASK}" if eq and name.lower() in _SECRET_PARAMS else param
 
 
+def _userinfo_cut_short(url: str) -> bool:
+    """True if a ``/``, ``?`` or ``#`` in the user name or password ends the URL's host part.
+
+    A parser then reads part of the password as the host or port and quotes it in errors.
+    """
+    _, sep, rest = url.partition("://")
+    return bool(sep) and "@" in rest and "@" not in urlsplit(url).netloc
+
+
+def mask_url_in(text: str, url: str) -> str:
+    """`text`, a message that may quote `url`, with the URL redacted and its password masked.
+
+    A message about a URL whose password holds an unescaped ``/``, ``?`` or ``#`` may quote
+    any piece of it, so it is replaced whole by one that says what to fix.
+    """
+    try:
+        cut_short = _userinfo_cut_short(url)
+        password = urlsplit(url).password or ""
+    except ValueError:
+        return text.replace(url, MASK)
+    if text == url:
+        return redact_url(url)
+    if cut_short:
+        return (
+            f"the URL {redact_url(url)} does not parse: its user name or password holds an "
+            "unescaped '/', '?' or '#'; percent-encode them (%2F, %3F, %23)"
+        )
+    text = text.replace(url, redact_url(url))
+    for form in {password, unquote(password)} - {""}:
+        text = text.replace(form, MASK)
+    return text
+
+
 def redact_url(url: str) -> str:
     """Hide the password of a URL, and any password or token in its query, for display.
 
@@ -837,6 +878,8 @@ def redact_url(url: str) -> str:
         return MASK
     if not parts.scheme:
         return MASK
+    if _userinfo_cut_short(url):
+        return f"{parts.scheme}://{MASK}@{url.rpartition('@')[2]}"
     userinfo, at, host = parts.netloc.rpartition("@")
     netloc = parts.netloc
     if at and ":" in userinfo:

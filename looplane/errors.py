@@ -5,7 +5,7 @@ The tree::
     LooplaneError
     ├── ConfigError (also ValueError) ── AppImportError
     ├── SerializationError (also TypeError)
-    ├── StorageError ── StorageUnavailable
+    ├── StorageError ── StorageUnavailable, StorageFull
     ├── BrokerError ── LeaseLost
     └── TaskError ── TaskNotFound, InvalidArguments (also TypeError),
                      TaskTimeout (also TimeoutError), RetriesExhausted
@@ -81,6 +81,26 @@ class StorageError(LooplaneError):
 
 class StorageUnavailable(StorageError):
     """The storage backend did not answer or is closed."""
+
+
+class StorageFull(StorageError):
+    """The storage has no room for more tasks; nothing of the refused write was stored.
+
+    Raised by `send` when an LMDB map reached ``storage.max_map_size`` or the disk refused to
+    grow the file. Acks, retries and results keep working, so draining the queue, freeing
+    disk space or raising ``storage.max_map_size`` makes sends succeed again.
+
+    Attributes:
+        path: The LMDB directory.
+        map_size: The map size in bytes when the write was refused.
+        max_map_size: The configured cap in bytes.
+    """
+
+    def __init__(self, message: str, *, path: str, map_size: int, max_map_size: int):
+        super().__init__(message, backend="lmdb")
+        self.path = path
+        self.map_size = map_size
+        self.max_map_size = max_map_size
 
 
 class BrokerError(LooplaneError):

@@ -24,7 +24,6 @@ import re
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from looplane.broker.consumer import StorageConsumer
 from looplane.broker.producer import StorageProducer
@@ -201,7 +200,7 @@ def _construct(
         return cls(**kwargs)
     except Exception as exc:
         reason = _construct_failure(exc, kwargs)
-        masked = _mask(reason, secret) if secret else reason
+        masked = _mask_options(_mask(reason, secret) if secret else reason, options)
         if masked != reason:
             # The driver's message quoted the password; a traceback must not print it.
             raise _problem(key, masked, spec, origins) from None
@@ -211,15 +210,18 @@ def _construct(
 def _mask(text: str, url: str) -> str:
     """`text` with `url` shown redacted and its password masked wherever it appears."""
     # Imported here, like `load_settings`: only a URL setting needs it.
-    from looplane.config import MASK, redact_url
+    from looplane.config import mask_url_in
 
-    text = text.replace(url, redact_url(url))
-    try:
-        password = urlsplit(url).password or ""
-    except ValueError:
-        password = ""
-    for form in {password, unquote(password)} - {""}:
-        text = text.replace(form, MASK)
+    return mask_url_in(text, url)
+
+
+def _mask_options(text: str, options: Mapping[str, Any]) -> str:
+    """`text` with the value of each option named like a secret (password, token) masked."""
+    from looplane.config import MASK, _looks_secret
+
+    for name, value in options.items():
+        if _looks_secret(name) and isinstance(value, str) and value:
+            text = text.replace(value, MASK)
     return text
 
 
@@ -303,6 +305,7 @@ def _make_storage(
             lease_s=section.lease,
             map_size=int(section.map_size),
             max_readers=section.max_readers,
+            max_map_size=int(section.max_map_size),
         )
     except (OSError, StorageError) as exc:
         raise _unusable("storage.path", section.path, exc, origins) from exc
@@ -405,9 +408,9 @@ def _make_results(
     if target == "redis":
         return _redis_results(settings, origins)
     # Limitation: LMDB results kept at their own results.path open with the default
-    # max_readers, because LMDBResultBackend takes no max_readers; at the storage path
-    # they share the storage's environment and its setting.
-    # Lifted by: a max_readers parameter on LMDBResultBackend.
+    # max_readers and max_map_size (64 GiB), because LMDBResultBackend takes neither; at the
+    # storage path they share the storage's environment and its settings.
+    # Lifted by: max_readers and max_map_size parameters on LMDBResultBackend.
     key = "results.path" if section.path else "storage.path"
     shared = storage.path if isinstance(storage, LMDBStorage) else settings.storage.path
     path = section.path or shared

@@ -495,7 +495,14 @@ class Orchestrator:
                 if isinstance(outcome, BaseException):
                     raise outcome
             return
-        await self._store(result)
+        try:
+            await self._store(result)
+        except BaseException:
+            # The answer must not go out without its result; drop it unsent, or Python
+            # warns that the coroutine was never awaited.
+            if inspect.iscoroutine(call):
+                call.close()
+            raise
         await call
 
     async def _store(self, result: TaskResult) -> None:

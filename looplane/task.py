@@ -40,6 +40,7 @@ R = TypeVar("R")
 
 DEFAULT_RETRIES = 3
 MAX_NAME_LENGTH = 200
+MAX_TIMEOUT_S = 365 * 86_400.0
 
 
 class BackoffKind(StrEnum):
@@ -95,6 +96,9 @@ class Backoff:
             delay = min(self.base_s, self.max_s)
         else:
             delay = min(self.base_s * 2.0 ** min(attempt - 1, 64), self.max_s)
+        # An infinite or astronomically long delay cannot be stored as a due time (storage
+        # raises OverflowError), so no policy waits longer than the longest task timeout.
+        delay = min(delay, MAX_TIMEOUT_S)
         if self.jitter:
             delay = random.uniform(delay / 2, delay)  # spreads load; no secrecy needed
         return delay
@@ -325,11 +329,25 @@ def _check_name(name: object) -> None:
     # would be sent fine and then fail on every worker.
     if not isinstance(name, str) or not name:
         raise ConfigError(f"task name must be a non-empty string, got {name!r}")
+    if not is_text(name):
+        raise ConfigError(f"task name {name!r} holds a lone surrogate, which is not text")
     if len(name) > MAX_NAME_LENGTH:
         raise ConfigError(f"task name is {len(name)} characters long (at most {MAX_NAME_LENGTH})")
 
 
-MAX_TIMEOUT_S = 365 * 86_400.0
+def is_text(value: str) -> bool:
+    r"""True if `value` can be written as UTF-8, that is, holds no lone surrogate.
+
+    Task names and ids go into logs, dead-letter reasons and storage keys, which are UTF-8;
+    a lone surrogate (JSON can spell one as a ``\u`` escape) would make every such write fail.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_limits(retries: object, timeout: object) -> None:

@@ -20,20 +20,30 @@ from typing import TYPE_CHECKING, Self
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane.broker.serializer import JSONSerializer, Serializer
 from looplane.errors import BrokerError, LeaseLost, SerializationError
+from looplane.task import Task
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from types import TracebackType
 
     from looplane.storage.base import Claim, StorageBackend, Watcher
-    from looplane.task import Task
 
-__all__ = ["Consumer", "Rejected", "StorageConsumer", "new_consumer_id"]
+__all__ = [
+    "MAX_REASON_LENGTH",
+    "Consumer",
+    "Rejected",
+    "StorageConsumer",
+    "new_consumer_id",
+    "storable_reason",
+]
 
 logger = logging.getLogger(__name__)
 
 # Payloads larger than this are decoded in a thread, off the event loop.
 _DECODE_IN_THREAD_AT = 256 * 1024
+
+MAX_REASON_LENGTH = 1000
+"""Dead-letter reasons longer than this are cut short."""
 
 # A wait with no timeout still wakes this often, as a fallback for a lost wake-up.
 _IDLE_WAKE_S = 1.0
@@ -47,6 +57,28 @@ def new_consumer_id() -> str:
     (https://github.com/procrastinate-org/procrastinate/issues/1518).
     """
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def storable_reason(reason: str) -> str:
+    """`reason` made writable as UTF-8 and cut to `MAX_REASON_LENGTH` characters.
+
+    Reasons quote task names and decoder messages taken from payloads that no producer
+    checked. A lone surrogate in one makes a UTF-8 write raise (the Redis driver does), and
+    an unbounded one would copy a huge payload into the dead-letter store.
+    """
+    if not reason.isascii():
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(reason) > MAX_REASON_LENGTH:
+        reason = reason[: MAX_REASON_LENGTH - 3] + "..."
+    return reason
+
+
+def _first_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not stop the rejection
+        return "<message could not be read>"
+    return text.partition("\n")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +274,9 @@ class StorageConsumer(Consumer):
 
     async def _decode(self, claim: Claim, fetched_at: datetime) -> Task | None:
         try:
-            if len(claim.payload) > _DECODE_IN_THREAD_AT:
-                task = await asyncio.to_thread(self.serializer.deserialize, claim.payload)
-            else:
-                task = self.serializer.deserialize(claim.payload)
+            task = await self._deserialize(claim.payload)
             if task.id != claim.task_id:
-                raise SerializationError(f"payload holds task id {task.id}")
+                raise SerializationError(f"payload holds task id {task.id[:80]!r}")
         except SerializationError as exc:
             await self._reject(claim, f"undecodable payload: {exc}")
             return None
@@ -266,7 +295,26 @@ class StorageConsumer(Consumer):
         self._claims[(task.id, task.attempt)] = claim
         return task
 
+    async def _deserialize(self, payload: bytes) -> Task:
+        # Any exception a serializer raises is the payload's fault, not the worker's: one
+        # escaping here would end the orchestrator's receive loop and leave the worker idle.
+        try:
+            if len(payload) > _DECODE_IN_THREAD_AT:
+                task = await asyncio.to_thread(self.serializer.deserialize, payload)
+            else:
+                task = self.serializer.deserialize(payload)
+        except SerializationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see above; the reason names the type
+            raise SerializationError(
+                f"{type(exc).__name__} while decoding: {_first_line(exc)}"
+            ) from None
+        if not isinstance(task, Task):
+            raise SerializationError(f"the serializer returned a {type(task).__name__}, not a Task")
+        return task
+
     async def _reject(self, claim: Claim, reason: str, *, name: str | None = None) -> None:
+        reason = storable_reason(reason)
         logger.error(
             "task %s set aside: %s",
             claim.task_id,
@@ -311,7 +359,8 @@ class StorageConsumer(Consumer):
         if requeue:
             done = await self.storage.release(claim, delay_s=delay_s, count_attempt=count_attempt)
         else:
-            done = await self.storage.bury(claim, reason=reason or "rejected by consumer")
+            reason = storable_reason(reason or "rejected by consumer")
+            done = await self.storage.bury(claim, reason=reason)
         if not done:
             raise LeaseLost(task_id=task.id, operation="nack")
 

@@ -19,6 +19,7 @@ from looplane.cli.config_cmd import config_app
 from looplane.cli.enqueue import enqueue
 from looplane.cli.inspect_cmd import inspect_app
 from looplane.cli.monitor import monitor
+from looplane.cli.supervisor import claim_process
 from looplane.cli.worker import worker
 
 __all__ = ["app", "main"]
@@ -63,4 +64,5 @@ def _root(
 
 def main() -> None:
     """Run the ``looplane`` command (the console script's entry point)."""
+    claim_process()
     app(prog_name="looplane")

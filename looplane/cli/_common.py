@@ -32,6 +32,7 @@ __all__ = [
     "ConcurrencyOption",
     "ConfigFileOption",
     "DbPathOption",
+    "ProcessesOption",
     "SourceFlags",
     "StorageOption",
     "VerboseOption",
@@ -79,6 +80,17 @@ ConcurrencyOption = Annotated[
         show_default=_default(WorkerSettings, "concurrency"),
     ),
 ]
+ProcessesOption = Annotated[
+    int | None,
+    typer.Option(
+        "-p",
+        "--processes",
+        metavar="N",
+        help="Worker processes under one supervisor, each running --concurrency tasks at "
+        "once (worker.processes).",
+        show_default=_default(WorkerSettings, "processes"),
+    ),
+]
 StorageOption = Annotated[
     str | None,
     typer.Option(
@@ -113,6 +125,22 @@ class SourceFlags:
     concurrency: int | None = None
     storage: str | None = None
     db_path: Path | None = None
+    processes: int | None = None
+
+    def argv(self, *, verbose: bool) -> list[str]:
+        """The flags as typed, for a ``looplane worker`` process started by a supervisor."""
+        args: list[str] = []
+        if self.config_file is not None:
+            args += ["--config", str(self.config_file)]
+        for module in self.app or ():
+            args += ["--app", module]
+        if self.concurrency is not None:
+            args += ["--concurrency", str(self.concurrency)]
+        if self.storage is not None:
+            args += ["--storage", self.storage]
+        if self.db_path is not None:
+            args += ["--db-path", str(self.db_path)]
+        return [*args, "--verbose"] if verbose else args
 
     def overrides(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The dotted settings keys the user set, and the flag that set each."""
@@ -121,6 +149,7 @@ class SourceFlags:
             ("worker.concurrency", self.concurrency, "--concurrency"),
             ("storage.backend", self.storage, "--storage"),
             ("storage.path", self.db_path, "--db-path"),
+            ("worker.processes", self.processes, "--processes"),
         ]
         values = {key: value for key, value, _ in given if value is not None}
         names = {key: f"flag {flag}" for key, value, flag in given if value is not None}
@@ -141,11 +170,14 @@ def load(flags: SourceFlags) -> LoadedSettings:
         fail(exc.problems)
 
 
-def import_apps(modules: Sequence[str], *, verbose: bool) -> dict[str, list[str]]:
+def import_apps(
+    modules: Sequence[str], *, verbose: bool, warn_empty: bool = True
+) -> dict[str, list[str]]:
     """Import the app modules; warn about each one that registered no task function.
 
     Exits with `EXIT_CONFIG` if one fails to import, naming it and the error; `verbose`
-    adds the traceback of the original error.
+    adds the traceback of the original error. `warn_empty` False skips the warnings (a
+    worker process leaves them to its supervisor, which already printed them).
     """
     try:
         found = import_app_modules(modules)
@@ -155,7 +187,7 @@ def import_apps(modules: Sequence[str], *, verbose: bool) -> dict[str, list[str]
         hint = "run with -v for the full traceback" if cause and not verbose else None
         fail(exc.problems, details=details, hint=hint)
     for module, names in found.items():
-        if not names:
+        if warn_empty and not names:
             warn(
                 f"app module {module!r} registered no task functions "
                 "(is @register_task missing, or is it the wrong module?)"

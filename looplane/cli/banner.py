@@ -1,8 +1,9 @@
 """The worker's startup banner: wordmark, system, configuration and registered tasks.
 
-The banner shows what the worker will really run: the backends as built (not as
-requested), and every task function in the registry once the app modules are imported, so a
-missing task is visible before the first task fails (https://github.com/celery/celery/issues/3986).
+The banner shows what the worker will really run: how many worker processes (concurrency is
+per process), the backends as built (not as requested), and every task function in the
+registry once the app modules are imported, so a missing task is visible before the first task
+fails (https://github.com/celery/celery/issues/3986).
 Secrets never appear: URLs are shown with their password masked.
 """
 
@@ -98,8 +99,11 @@ def _configuration_table(
     settings = app.settings
     table = _table("Configuration", "Setting", "Value")
     modules = ", ".join(app_modules) or "(none)"
+    processes = settings.worker.processes
+    per_process = " per process" if processes > 1 else ""
     rows = {
-        "Concurrency": str(settings.worker.concurrency),
+        "Processes": str(processes),
+        "Concurrency": f"{settings.worker.concurrency}{per_process}",
         "Shutdown grace": f"{settings.worker.shutdown_grace:g}s",
         "Storage": _describe(app.storage, settings.storage.url),
         "Result backend": _describe(app.result_backend, settings.results.url),

@@ -10,15 +10,18 @@ from __future__ import annotations
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_TIMEOUT"]
 
 EXIT_OK = 0
-"""The command did its job; a worker stopped by SIGINT or SIGTERM also exits 0."""
+"""The command did its job; a worker stopped by SIGINT or SIGTERM also exits 0, with one
+process or several."""
 
 EXIT_FAILURE = 1
-"""The command ran but its work failed: a task waited for with ``--wait`` failed, or the
-storage could not be reached."""
+"""The command ran but its work failed: a task waited for with ``--wait`` failed, the
+storage could not be reached, or the worker processes of ``worker --processes N`` kept
+crashing."""
 
 EXIT_CONFIG = 2
 """Nothing ran: a flag, the config file, an environment variable, a JSON argument or an app
-module is wrong. The message names the problem; no traceback is shown."""
+module is wrong (also when it only fails in a worker process of ``--processes N``). The message
+names the problem; no traceback is shown."""
 
 EXIT_TIMEOUT = 124
 """``enqueue --wait`` gave up before the task's final result arrived (the task stays queued).

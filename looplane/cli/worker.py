@@ -5,6 +5,10 @@ worker that started without its task functions would only fail later, one task a
 (https://github.com/celery/celery/issues/3986). Both SIGINT and SIGTERM stop gracefully,
 because many platforms only ever send SIGTERM (https://github.com/coleifer/huey/issues/856);
 the second one stops at once, and both ways return unfinished tasks to the queue.
+
+With ``--processes N`` above 1, this process validates everything and prints the banner, then
+supervises N worker processes (`looplane.cli.supervisor`); each of them runs this same command
+with the hidden ``--supervisor-pid`` flag, which skips the banner and the supervisor.
 """
 
 from __future__ import annotations
@@ -12,17 +16,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
+import sys
 import traceback
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from looplane.cli._common import (
     AppOption,
     ConcurrencyOption,
     ConfigFileOption,
     DbPathOption,
+    ProcessesOption,
     SourceFlags,
     StorageOption,
     VerboseOption,
@@ -34,12 +43,20 @@ from looplane.cli._common import (
 from looplane.cli._output import configured_logging, stdout_console
 from looplane.cli.banner import READY_LINE, print_banner
 from looplane.cli.exit_codes import EXIT_FAILURE
+from looplane.cli.supervisor import (
+    CHILD_READY_LINE,
+    PARENT_POLL_S,
+    STOP_SIGNALS,
+    Supervisor,
+    ignore_late_signals,
+    signals_restored,
+)
 from looplane.errors import ConfigError, LooplaneError
 from looplane.factory import App, build
 from looplane.task import registry
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Coroutine, Iterator, Mapping, Sequence
 
     from looplane.config import LoadedSettings
 
@@ -47,7 +64,14 @@ __all__ = ["worker"]
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SupervisorPidOption = Annotated[
+    int | None,
+    typer.Option(
+        "--supervisor-pid",
+        hidden=True,
+        help="Run as one worker process of the supervisor with this pid.",
+    ),
+]
 
 
 def worker(
@@ -56,30 +80,44 @@ def worker(
     concurrency: ConcurrencyOption = None,
     storage: StorageOption = None,
     db_path: DbPathOption = None,
+    processes: ProcessesOption = None,
     verbose: VerboseOption = False,
+    supervisor_pid: SupervisorPidOption = None,
 ) -> None:
     """Run task functions from the queue until SIGINT or SIGTERM.
 
     The first signal stops leasing and lets running tasks finish within
     worker.shutdown_grace; the second stops at once. Unfinished tasks go back to the queue.
+    With --processes N, one supervisor runs N worker processes and passes both signals on.
     """
-    flags = SourceFlags(config_file, app, concurrency, storage, db_path)
-    with configured_logging(logging.DEBUG if verbose else logging.INFO):
+    flags = SourceFlags(config_file, app, concurrency, storage, db_path, processes)
+    child = supervisor_pid is not None
+    with signals_restored(), configured_logging(logging.DEBUG if verbose else logging.INFO):
         loaded = load(flags)
-        modules = import_apps(loaded.settings.app, verbose=verbose)
+        modules = import_apps(loaded.settings.app, verbose=verbose, warn_empty=not child)
         built = _build(loaded)
-        if not len(registry):
+        if not len(registry) and not child:
             warn(
                 "no task functions are registered: this worker will set aside every task it "
                 "receives (name the modules that register them with -A MODULE or `app`)"
             )
-        try:
-            asyncio.run(_serve(built, loaded, modules))
-        except LooplaneError as exc:
-            details = "".join(traceback.format_exception(exc)) if verbose else None
-            fail(
-                [f"worker failed: {type(exc).__name__}: {exc}"], code=EXIT_FAILURE, details=details
-            )
+        if supervisor_pid is None and loaded.settings.worker.processes > 1:
+            if built.settings.storage.backend == "memory":
+                warn(
+                    "storage 'memory' lives inside each worker process: they share no tasks, "
+                    "and no other process can send them any"
+                )
+            _run(_supervise(built, loaded, modules, flags.argv(verbose=verbose)), verbose)
+        else:
+            _run(_serve(built, loaded, modules, supervisor_pid=supervisor_pid), verbose)
+
+
+def _run(main: Coroutine[None, None, None], verbose: bool) -> None:
+    try:
+        asyncio.run(main)
+    except LooplaneError as exc:
+        details = "".join(traceback.format_exception(exc)) if verbose else None
+        fail([f"worker failed: {type(exc).__name__}: {exc}"], code=EXIT_FAILURE, details=details)
 
 
 def _build(loaded: LoadedSettings) -> App:
@@ -89,26 +127,83 @@ def _build(loaded: LoadedSettings) -> App:
         fail(exc.problems)
 
 
-async def _serve(app: App, loaded: LoadedSettings, modules: Mapping[str, Sequence[str]]) -> None:
-    """Print the banner, then run the orchestrator until a stop signal; close the app."""
+async def _serve(
+    app: App,
+    loaded: LoadedSettings,
+    modules: Mapping[str, Sequence[str]],
+    *,
+    supervisor_pid: int | None,
+) -> None:
+    """Print the banner, then run the orchestrator until a stop signal; close the app.
+
+    A worker process of a supervisor prints no banner: it tells the supervisor that it is
+    ready, and stops gracefully once the supervisor is gone.
+    """
     stopper = _Stopper(grace_s=app.settings.worker.shutdown_grace)
     with stopper.installed(asyncio.get_running_loop()):
         async with app:
-            # Fail before the banner, not forever after "ready", when the storage cannot be
-            # reached at all (a wrong host, port or password). One listed task is the
-            # cheapest read every backend has; counting could scan a long queue.
-            await app.storage.tasks(limit=1, queue=app.settings.storage.queue)
-            console = stdout_console()
-            print_banner(
-                console,
-                app,
-                started_at=datetime.now().astimezone(),
-                config_file=loaded.config_file,
-                app_modules=modules,
-            )
-            console.print(READY_LINE, style="bold green")
-            console.file.flush()
-            await app.run_worker(stopper.stop, stopper.force)
+            await _check_reachable(app)
+            watch: asyncio.Task[None] | None = None
+            if supervisor_pid is None:
+                _print_banner(app, loaded, modules)
+                _print_ready()
+            else:
+                print(CHILD_READY_LINE, flush=True)  # noqa: T201 - a line for the supervisor
+                watch = asyncio.create_task(_watch_parent(supervisor_pid, stopper))
+            try:
+                await app.run_worker(stopper.stop, stopper.force)
+            finally:
+                if watch is not None:
+                    watch.cancel()
+
+
+async def _supervise(
+    app: App, loaded: LoadedSettings, modules: Mapping[str, Sequence[str]], argv: Sequence[str]
+) -> None:
+    """Check the storage and print the banner, then run the worker processes until stopped."""
+    command = [sys.executable, "-m", "looplane.cli", "worker", *argv]
+    supervisor = Supervisor(command, processes=app.settings.worker.processes, on_ready=_print_ready)
+    with supervisor.signals_installed(asyncio.get_running_loop()):
+        async with app:
+            await _check_reachable(app)
+            _print_banner(app, loaded, modules)
+        # Each worker process opens the storage itself; this one holds no handle meanwhile.
+        outcome = await supervisor.run()
+    if outcome.message is not None:
+        fail([outcome.message], code=outcome.code)
+
+
+async def _check_reachable(app: App) -> None:
+    # Fail before the banner, not forever after "ready", when the storage cannot be
+    # reached at all (a wrong host, port or password). One listed task is the
+    # cheapest read every backend has; counting could scan a long queue.
+    await app.storage.tasks(limit=1, queue=app.settings.storage.queue)
+
+
+def _print_banner(app: App, loaded: LoadedSettings, modules: Mapping[str, Sequence[str]]) -> None:
+    print_banner(
+        stdout_console(),
+        app,
+        started_at=datetime.now().astimezone(),
+        config_file=loaded.config_file,
+        app_modules=modules,
+    )
+
+
+def _print_ready() -> None:
+    console = stdout_console()
+    console.print(READY_LINE, style="bold green")
+    console.file.flush()
+
+
+async def _watch_parent(supervisor_pid: int, stopper: _Stopper) -> None:
+    """Stop gracefully once the supervisor is gone: this process's parent pid changes."""
+    # No event tells a process that its parent died (PR_SET_PDEATHSIG is Linux-only and
+    # tracks the parent thread, not the process), so poll: once a second costs nothing.
+    while os.getppid() == supervisor_pid:  # noqa: ASYNC110 - no event exists to wait on
+        await asyncio.sleep(PARENT_POLL_S)
+    logger.warning("supervisor is gone, stopping gracefully supervisor_pid=%d", supervisor_pid)
+    stopper.stop.set()
 
 
 class _Stopper:
@@ -156,3 +251,4 @@ class _Stopper:
             for signum in STOP_SIGNALS:
                 with suppress(NotImplementedError):
                     loop.remove_signal_handler(signum)
+            ignore_late_signals()

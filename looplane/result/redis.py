@@ -440,11 +440,6 @@ def _where(url: str) -> str:
 
 def _masked(text: str, url: str) -> str:
     """`text` with the URL redacted and its password masked wherever it appears."""
-    from looplane.config import MASK, redact_url
+    from looplane.config import mask_url_in
 
-    text = text.replace(url, redact_url(url))
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, MASK)
-    return text
+    return mask_url_in(text, url)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane._lmdb_env import (
     DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
     DEFAULT_MAX_READERS,
     DoorbellWatch,
     LMDBEnv,
@@ -152,7 +153,12 @@ class LMDBStorage(StorageBackend):
 
     One environment serves each directory in a process, whatever spelling of the path opens
     it, and `LMDBResultBackend` may share it. Writes are group-committed on one thread per
-    process; the map doubles when full.
+    process; the map doubles when full, up to `max_map_size`. Sends are refused with
+    `StorageFull` once live data passes the cap less a reserve (a quarter of it, at most
+    1 GiB), or when the disk refuses to grow the file; acks, retries and results keep the
+    reserve, so workers can drain the queue, after which sends succeed again.
+
+    Files are created for their owner only: the directory 0700, data and lock files 0600.
 
     Note:
         Keep the directory on a local file system; LMDB's locks do not work over NFS.
@@ -169,15 +175,17 @@ class LMDBStorage(StorageBackend):
         lease_s: float = DEFAULT_LEASE_S,
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = DEFAULT_MAX_READERS,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.path = os.fspath(path)
         self.default_lease_s = lease_s
         self.map_size = map_size
         self.max_readers = max_readers
+        self.max_map_size = max_map_size
         self.clock = clock
         self._env: LMDBEnv | None = LMDBEnv.acquire(
-            path, map_size=map_size, max_readers=max_readers
+            path, map_size=map_size, max_readers=max_readers, max_map_size=max_map_size
         )
         self._next_due_mono = float("inf")
 
@@ -310,7 +318,7 @@ class LMDBStorage(StorageBackend):
         for _, task in records:
             if not 0 <= task.priority <= 255:
                 raise StorageError(f"priority {task.priority} is outside 0..255", backend="lmdb")
-        await self.env.write(lambda txn: self._enqueue(txn, records), ring="ready")
+        await self.env.write(lambda txn: self._enqueue(txn, records), ring="ready", send=True)
 
     def _enqueue(self, txn: Txn, records: list[tuple[bytes, NewTask]]) -> None:
         self._prepare(txn)
@@ -341,6 +349,8 @@ class LMDBStorage(StorageBackend):
                 txn.put(key, header.pack(), db=dbs["jobs"])
             else:
                 self._to_ready(txn, key, header)
+        # Checked after the writes so their pages count; raising rolls back the whole batch.
+        self.env.check_send_room(txn)
 
     async def claim(self, limit: int, *, queue: str = "default") -> list[Claim]:
         """Lease up to `limit` tasks in one transaction; see `StorageBackend.claim`."""

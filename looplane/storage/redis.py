@@ -49,7 +49,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from looplane._clock import SYSTEM_CLOCK, Clock
-from looplane.config import redact_url
+from looplane.config import mask_url_in, redact_url
 from looplane.errors import ConfigError, StorageError, StorageUnavailable
 from looplane.storage.base import (
     DEFAULT_LEASE_S,
@@ -507,7 +507,8 @@ class RedisStorage(StorageBackend):
                 url, retry=retry, socket_timeout=_BLOCK_SOCKET_TIMEOUT_S
             )
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {self._where}: {exc}") from None
+            reason = mask_url_in(str(exc), url)
+            raise ConfigError(f"invalid Redis URL {self._where}: {reason}") from None
         self._scripts: dict[str, AsyncScript] = {
             name: self._redis.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()
         }

@@ -18,7 +18,7 @@ from looplane.broker.serializer import (
     task_to_dict,
 )
 from looplane.errors import ConfigError, SerializationError
-from looplane.task import MAX_NAME_LENGTH, Backoff, BackoffKind, Task
+from looplane.task import MAX_NAME_LENGTH, MAX_TIMEOUT_S, Backoff, BackoffKind, Task
 from tests.test_codec import assert_same, codec_values, offsets, texts
 
 backoffs = st.builds(
@@ -35,7 +35,7 @@ tasks = st.builds(
     args=st.lists(codec_values, max_size=4).map(tuple),
     kwargs=st.dictionaries(texts, codec_values, max_size=4),
     max_retries=st.integers(min_value=0, max_value=1000),
-    timeout=st.none() | st.floats(min_value=0.001, max_value=1e9),
+    timeout=st.none() | st.floats(min_value=0.001, max_value=MAX_TIMEOUT_S),
     backoff=backoffs,
     queue=texts,
     priority=st.integers(min_value=-(2**63), max_value=2**63),

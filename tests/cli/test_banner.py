@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -86,3 +87,20 @@ async def test_banner_without_tasks_says_every_task_will_be_set_aside(tmp_path: 
 
     assert "Registered Tasks (0)" in text
     assert "every task received will be set aside" in text
+
+
+async def test_banner_shows_one_process_and_plain_concurrency_by_default(tmp_path: Path) -> None:
+    async with _app(tmp_path, **{"storage.backend": "memory", "worker.concurrency": 7}) as app:
+        text = _render(app, TaskRegistry())
+
+    assert "Processes        1" in text
+    assert re.search(r"^\s*Concurrency\s+7\s*$", text, re.M)
+
+
+async def test_banner_shows_the_processes_and_concurrency_per_process(tmp_path: Path) -> None:
+    overrides = {"storage.backend": "memory", "worker.concurrency": 5, "worker.processes": 4}
+    async with _app(tmp_path, **overrides) as app:
+        text = _render(app, TaskRegistry())
+
+    assert re.search(r"^\s*Processes\s+4\s*$", text, re.M)
+    assert re.search(r"^\s*Concurrency\s+5 per process\s*$", text, re.M)

@@ -63,6 +63,26 @@ def test_worker_config_error_exits_2_before_the_banner(runner: CliRunner) -> Non
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "origin"),
+    [
+        pytest.param(["-p", "0"], {}, "flag --processes", id="flag"),
+        pytest.param(
+            [], {"LOOPLANE_WORKER__PROCESSES": "-1"}, "LOOPLANE_WORKER__PROCESSES", id="env"
+        ),
+    ],
+)
+def test_worker_processes_below_1_exit_2_naming_the_setting(
+    runner: CliRunner, args: list[str], env: dict[str, str], origin: str
+) -> None:
+    result = runner.invoke(app, ["worker", "--storage", "memory", *args], env=env)
+
+    assert result.exit_code == EXIT_CONFIG
+    assert result.stderr.startswith("error: worker.processes: ")
+    assert origin in result.stderr
+    assert result.stdout == ""
+
+
 def test_worker_unknown_storage_backend_exits_2_naming_the_setting(runner: CliRunner) -> None:
     result = runner.invoke(app, ["worker", "--storage", "nosuch"])
 
@@ -202,6 +222,7 @@ def test_worker_in_process_prints_the_banner_and_stops_on_sigint(runner: CliRunn
     for name in TASK_NAMES:
         assert re.search(rf"\s{re.escape(name)}\s+{re.escape(APP_MODULE)}\s*$", result.stdout, re.M)
     assert _banner_value(result.stdout, "Concurrency") == "3"
+    assert _banner_value(result.stdout, "Processes") == "1"
     assert _banner_value(result.stdout, "App modules") == APP_MODULE
     assert result.stdout.rstrip().endswith(READY_LINE)
     assert "stopping gracefully" in result.stderr

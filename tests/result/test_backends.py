@@ -563,6 +563,27 @@ async def test_lmdb_store_sweeps_a_bounded_batch_and_reads_purge_the_rest(
         assert await stored_count(results) == 1
 
 
+async def test_lmdb_results_of_a_long_run_of_stores_alone_stay_near_rate_times_ttl(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A worker only stores, never reads: its own stores must purge what expired.
+
+    The soak (benchmarks/soak.py) shows this over a million tasks; here 60 steps of a fifth
+    of the TTL each, with 200 results per step (more than one sweep batch), on a fake clock.
+    """
+    per_step, step_s = 200, TTL_S / 5
+    async with LMDBResultBackend(tmp_path, ttl_s=TTL_S, clock=clock) as results:
+        counts = []
+        for _ in range(60):
+            await asyncio.gather(*(results.store(make_result(new_id())) for _ in range(per_step)))
+            counts.append(await stored_count(results))
+            clock.advance(step_s)
+
+    # Results of the last five steps are live, and the step's own stores purge the sixth.
+    assert max(counts) <= 6 * per_step, counts
+    assert counts[-1] == counts[10], counts
+
+
 async def test_lmdb_backends_on_one_directory_share_one_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
