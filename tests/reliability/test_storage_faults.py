@@ -162,9 +162,11 @@ _DISK_FULL_CHILD = """
     from looplane.storage import LMDBStorage
     from looplane.storage.base import NewTask
 
-    # The file size limit stands in for a full disk: writes past it fail with EFBIG.
+    # The file size limit stands in for a full disk: writes past it fail with EFBIG. Only the
+    # soft limit is lowered, so raising it again stands in for space being freed.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), hard))
 
     async def main():
         storage = LMDBStorage(sys.argv[1])
@@ -176,6 +178,9 @@ _DISK_FULL_CHILD = """
                 sent += 3
         except StorageFull as exc:
             print("full", sent, exc.path, exc, sep="\\n")
+        # On a full disk even a claim or an ack may need a fresh page (LMDB copies on write),
+        # so work resumes once space frees, with every stored task still there.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
         claims = await storage.claim(9)
         print("acked", sum([await storage.ack(claim) for claim in claims]))
         await storage.enqueue([NewTask(uuid.uuid4().hex, b"p" * 3000, 3)])
@@ -189,7 +194,7 @@ _DISK_FULL_CHILD = """
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_disk_full_refuses_sends_whole_and_recovers(tmp_path: Path) -> None:
-    """A disk that refuses to grow the file gives StorageFull naming the path; acks go on."""
+    """A disk that refuses to grow the file gives StorageFull naming the path; work resumes."""
     path = tmp_path / "db"
 
     done = await asyncio.to_thread(_run_child, _DISK_FULL_CHILD, str(path), str(1 * MIB))
@@ -223,6 +228,9 @@ async def test_full_tmpfs_refuses_sends_whole_and_recovers(tmp_path: Path) -> No
             assert str(path) in str(full)
             assert (await storage.counts()).ready == len(sent)
 
+            # Space frees (the file system grows). On a full disk even a claim or an ack may
+            # need a fresh page, since LMDB copies on write; nothing stored was lost meanwhile.
+            subprocess.run(["mount", "-o", "remount,size=8m", str(mount)], check=True)
             claims = await storage.claim(20)
             assert all([await storage.ack(claim) for claim in claims])
             await producer.send("test.unregistered", "again")
