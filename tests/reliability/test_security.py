@@ -37,6 +37,7 @@ from looplane.task import Task, registry
 from tests._rig import Rig
 from tests.cli._process import start_looplane
 from tests.conftest import REDIS_MARKS, REDIS_URL
+from tests.reliability._cluster import drop_queue
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -353,7 +354,7 @@ async def _cli_outputs(where: str, source: str, work: Path, *, full: bool) -> li
             seen += [f"{url_name} {command}: {line}" for line in _planted(output)]
     if REDIS_URL:
         for queue in queues:
-            await _drop_queue(queue)
+            await drop_queue(queue)
     return seen
 
 
@@ -435,26 +436,12 @@ async def test_worker_process_never_shows_a_planted_password(url_name: str, tmp_
     finally:
         worker.kill()
         if url_name in REACHABLE:
-            await _drop_queue(queue)
+            await drop_queue(queue)
 
     assert (rc == 0) is (url_name in REACHABLE), worker.describe()
     assert _planted(worker.stdout() + worker.stderr()) == []
     if url_name in REACHABLE:
         assert redact_url(url) in worker.stdout()
-
-
-async def _drop_queue(queue: str) -> None:
-    import redis.asyncio as aioredis
-
-    assert REDIS_URL
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"lq:{{{queue}}}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.srem("lq:queues", queue)
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize("url_name", sorted(URLS))

@@ -230,7 +230,8 @@ async def test_full_tmpfs_refuses_sends_whole_and_recovers(tmp_path: Path) -> No
 
             # Space frees (the file system grows). On a full disk even a claim or an ack may
             # need a fresh page, since LMDB copies on write; nothing stored was lost meanwhile.
-            subprocess.run(["mount", "-o", "remount,size=8m", str(mount)], check=True)
+            remount = ["mount", "-o", "remount,size=8m", str(mount)]
+            await asyncio.to_thread(subprocess.run, remount, check=True)
             claims = await storage.claim(20)
             assert all([await storage.ack(claim) for claim in claims])
             await producer.send("test.unregistered", "again")
