@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -22,6 +25,8 @@ from looplane.task import Task, register_task, registry
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,3 +138,31 @@ async def run_until(orchestrator: Orchestrator, awaitable: Any) -> Any:
         return await awaitable
     finally:
         await orchestrator.stop()
+
+
+@contextmanager
+def isolated_cli_state(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, app_modules: frozenset[str]
+) -> Iterator[Path]:
+    """Run in an empty directory without LOOPLANE_* variables; restore the registry after.
+
+    The CLI imports app modules in-process, so task functions they register, `sys.path`
+    entries and the modules named in `app_modules` or loaded from `tmp_path` are undone.
+    Yields the working directory.
+    """
+    for name in [k for k in os.environ if k.startswith("LOOPLANE_")]:
+        monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names = {entry.name for entry in registry}
+    modules = set(sys.modules)
+    yield work
+    for entry in list(registry):
+        if entry.name not in names:
+            registry.remove(entry.name)
+    for module in set(sys.modules) - modules:
+        origin = str(getattr(sys.modules[module], "__file__", ""))
+        if module in app_modules or origin.startswith(str(tmp_path)):
+            del sys.modules[module]

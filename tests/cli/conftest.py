@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
 
-from looplane.task import registry
+from tests._rig import isolated_cli_state
 from tests.cli._process import LooplaneProcess, start_looplane
 
 if TYPE_CHECKING:
@@ -23,23 +21,8 @@ APP_MODULE = "tests.cli.app_tasks"
 def clean_cli_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Each test runs in its own empty directory, without LOOPLANE_* variables, and leaves
     the task registry, sys.path and sys.modules as it found them."""
-    for name in [k for k in os.environ if k.startswith("LOOPLANE_")]:
-        monkeypatch.delenv(name)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    names = {entry.name for entry in registry}
-    modules = set(sys.modules)
-    yield
-    for entry in list(registry):
-        if entry.name not in names:
-            registry.remove(entry.name)
-    for module in set(sys.modules) - modules:
-        if module == APP_MODULE or str(getattr(sys.modules[module], "__file__", "")).startswith(
-            str(tmp_path)
-        ):
-            del sys.modules[module]
+    with isolated_cli_state(monkeypatch, tmp_path, app_modules=frozenset({APP_MODULE})):
+        yield
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import pickle
 import signal
 import sys
@@ -34,7 +33,7 @@ from looplane.result import RedisResultBackend
 from looplane.storage import InMemoryStorage, RedisStorage
 from looplane.storage.base import NewTask
 from looplane.task import Task, registry
-from tests._rig import Rig
+from tests._rig import Rig, isolated_cli_state
 from tests.cli._process import start_looplane
 from tests.conftest import REDIS_MARKS, REDIS_URL
 from tests.reliability._cluster import drop_queue
@@ -249,21 +248,8 @@ def _planted(text: str) -> list[str]:
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """No LOOPLANE_* variables and an empty working directory; the registry, sys.path and
     sys.modules are left as they were found (the CLI imports app modules in-process)."""
-    for name in [k for k in os.environ if k.startswith("LOOPLANE_")]:
-        monkeypatch.delenv(name)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    names = {entry.name for entry in registry}
-    modules = set(sys.modules)
-    yield work
-    for entry in list(registry):
-        if entry.name not in names:
-            registry.remove(entry.name)
-    for module in set(sys.modules) - modules:
-        if module == APP_MODULE:
-            del sys.modules[module]
+    with isolated_cli_state(monkeypatch, tmp_path, app_modules=frozenset({APP_MODULE})) as work:
+        yield work
 
 
 APP_MODULE = "tests.cli.app_tasks"
