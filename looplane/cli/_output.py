@@ -6,24 +6,22 @@ installs the handler for its run and removes it afterwards, so invoking commands
 
 On a terminal, lines are rich's aligned columns. Anywhere else (a file, a pipe, a service
 manager's journal) rich would wrap or pad each line to 80 columns, which splits the one line
-per finished attempt that log tools count on, so there each record is one unwrapped line.
+per finished attempt that log tools count on, so there each record is one unwrapped line,
+written by the standard library's handler, which costs a twentieth of rich's.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING
 
-from rich.console import Console, ConsoleRenderable, Group
+from rich.console import Console
 from rich.logging import RichHandler
-from rich.text import Text
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from rich.traceback import Traceback
 
 __all__ = ["configured_logging", "stderr_console", "stdout_console"]
 
@@ -48,24 +46,17 @@ def stderr_console() -> Console:
     return console
 
 
-class _LineHandler(RichHandler):
-    """A `RichHandler` that writes one unwrapped line per record off a terminal."""
+def _plain_handler() -> logging.Handler:
+    """``date time LEVEL message``, one line per record, written by the standard library.
 
-    def render(
-        self,
-        *,
-        record: logging.LogRecord,
-        traceback: Traceback | None,
-        message_renderable: ConsoleRenderable,
-    ) -> ConsoleRenderable:
-        """Rich columns on a terminal; else ``date time LEVEL message`` on one line."""
-        if self.console.is_terminal or not isinstance(message_renderable, Text):
-            return super().render(
-                record=record, traceback=traceback, message_renderable=message_renderable
-            )
-        when = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")
-        line = Text.assemble(when, " ", self.get_level_text(record), " ", message_renderable)
-        return line if traceback is None else Group(line, traceback)
+    Rich renders a record in about 0.4 ms, more than a no-op task takes to run; a worker
+    writing to a pipe or a journal would spend most of its time drawing log lines.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    return handler
 
 
 @contextmanager
@@ -76,13 +67,15 @@ def configured_logging(level: int) -> Iterator[None]:
     Looplane's own. Tracebacks never show local variables: they could hold secrets.
     """
     console = stderr_console()
-    handler = _LineHandler(
-        console=console,
-        show_path=False,
-        markup=False,
-        rich_tracebacks=console.is_terminal,
-        tracebacks_show_locals=False,
-    )
+    handler: logging.Handler = _plain_handler()
+    if console.is_terminal:
+        handler = RichHandler(
+            console=console,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=True,
+            tracebacks_show_locals=False,
+        )
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(handler)
