@@ -21,7 +21,7 @@ import inspect
 import logging
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -78,7 +78,11 @@ class _Attempt:
     task: Task
     started_at: datetime
     started_mono: float
-    log: logging.LoggerAdapter[logging.Logger] = field(repr=False)
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        # Built only for a line that is logged: most attempts log nothing above DEBUG.
+        return task_log(logger, self.task)
 
 
 class Orchestrator:
@@ -214,9 +218,10 @@ class Orchestrator:
                 self._spawn(task)
 
     def _spawn(self, task: Task) -> None:
+        key = delivery_key(task)
         runner = asyncio.create_task(self._process(task), name=f"looplane-task-{task.id}")
-        self._running[delivery_key(task)] = _Running(task, runner)
-        runner.add_done_callback(functools.partial(self._on_done, delivery_key(task)))
+        self._running[key] = _Running(task, runner)
+        runner.add_done_callback(functools.partial(self._on_done, key))
 
     def _on_done(self, key: tuple[str, int], runner: asyncio.Task[None]) -> None:
         running = self._running.pop(key, None)
@@ -235,11 +240,10 @@ class Orchestrator:
         except TaskNotFound:
             await self._reject_unknown(task)
             return
-        if await self._already_succeeded(task):
+        if task.attempt > 1 and await self._already_succeeded(task):
             return
-        now = self.clock.time()
         attempt = _Attempt(
-            task, datetime.fromtimestamp(now, UTC), self.clock.monotonic(), task_log(logger, task)
+            task, datetime.fromtimestamp(self.clock.time(), UTC), self.clock.monotonic()
         )
         try:
             value = await self._execute(entry, task)
@@ -248,11 +252,14 @@ class Orchestrator:
                 await self._interrupted(task)
                 raise
             # The task's own code raised CancelledError; nobody cancelled the runner.
-            await self._record(task, self._finish_failure(attempt, exc))
+            self._recording_starts(task)
+            await self._finish_failure(attempt, exc)
         except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even SystemExit
-            await self._record(task, self._finish_failure(attempt, exc))
+            self._recording_starts(task)
+            await self._finish_failure(attempt, exc)
         else:
-            await self._record(task, self._finish_success(attempt, value))
+            self._recording_starts(task)
+            await self._finish_success(attempt, value)
 
     async def _already_succeeded(self, task: Task) -> bool:
         # A worker that died between storing a success and acking it leaves the task to be
@@ -342,7 +349,7 @@ class Orchestrator:
         self._abandoned_threads -= 1
         self._slot_free.set()
 
-    async def _record(self, task: Task, step: Awaitable[None]) -> None:
+    def _recording_starts(self, task: Task) -> None:
         # Once the attempt is over, recording and acking run to the end: the orchestrator
         # never interrupts a task in this step, because a half-recorded outcome is what
         # leaves tasks stuck or lost.
@@ -351,7 +358,6 @@ class Orchestrator:
             running.recording = True
             self._recording += 1
             self._slot_free.set()
-        await step
 
     async def _finish_success(self, attempt: _Attempt, value: Any) -> None:
         task = attempt.task
@@ -427,6 +433,8 @@ class Orchestrator:
                 extra={"outcome": outcome},
             )
             return
+        if outcome == "success" and not logger.isEnabledFor(logging.INFO):
+            return
         fields = {"outcome": outcome, "duration_ms": round(duration_ms, 1)}
         if outcome == "success":
             attempt.log.info(
@@ -496,7 +504,8 @@ class Orchestrator:
                     raise outcome
             return
         try:
-            await self._store(result)
+            if self.result_backend is not None:
+                await self.result_backend.store(result)
         except BaseException:
             # The answer must not go out without its result; drop it unsent, or Python
             # warns that the coroutine was never awaited.

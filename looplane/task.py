@@ -149,6 +149,9 @@ class TaskFunction:
     """True for ``async def`` functions; plain functions run in a thread pool."""
     signature: inspect.Signature | None = field(init=False, repr=False, compare=False)
     """The function's signature, to check a call's arguments at send; None if unreadable."""
+    _arity: int | None = field(init=False, repr=False, compare=False)
+    # How many positional arguments fit the signature when it has only plain required
+    # parameters (the usual case): such a call is checked without binding it.
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
@@ -157,6 +160,7 @@ class TaskFunction:
         except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
             signature = None
         object.__setattr__(self, "signature", signature)
+        object.__setattr__(self, "_arity", _plain_arity(signature))
 
     def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Refuse arguments the function could not be called with.
@@ -164,12 +168,22 @@ class TaskFunction:
         Raises:
             InvalidArguments: The arguments do not fit the signature; the message says why.
         """
-        if self.signature is None:
+        if self.signature is None or (not kwargs and len(args) == self._arity):
             return
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"task {self.name!r}: {exc}", name=self.name) from None
+
+
+def _plain_arity(signature: inspect.Signature | None) -> int | None:
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if signature is None:
+        return None
+    for parameter in signature.parameters.values():
+        if parameter.kind not in plain or parameter.default is not inspect.Parameter.empty:
+            return None
+    return len(signature.parameters)
 
 
 class TaskRegistry:

@@ -350,3 +350,42 @@ def test_loads_refuses_invalid_json(data: bytes) -> None:
 def test_loads_refuses_corrupt_tagged_value(data: bytes) -> None:
     with pytest.raises(SerializationError, match=r"^bad tagged value "):
         _codec.loads(data)
+
+
+@settings(deadline=None)
+@given(codec_values)
+def test_text_of_writes_what_encoding_the_whole_value_writes(value: Any) -> None:
+    assert _codec.text_of(value, "value") == _codec.dump_text(_codec.encode(value, "value"))
+
+
+@settings(deadline=None)
+@given(st.one_of(datetimes, codec_values))
+def test_time_text_writes_what_encoding_the_whole_value_writes(value: Any) -> None:
+    expected = _codec.dump_text(_codec.encode(value, "value"))
+
+    assert _codec.time_text(value, "value") == expected
+    # The second call answers from the one-entry cache.
+    assert _codec.time_text(value, "value") == expected
+
+
+def test_text_of_refuses_unsupported_type_naming_path() -> None:
+    with pytest.raises(SerializationError, match=r"^result\['value'\] has type object, "):
+        _codec.text_of(object(), "result['value']")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b" [1, 2] ", [1, 2], id="spaces"),
+        pytest.param(b'\n{"a": 1}\t', {"a": 1}, id="newline-tab"),
+        pytest.param(" [1] ", [1], id="text"),
+        pytest.param(b"\xef\xbb\xbf[1]", [1], id="utf8-bom-bytes"),
+    ],
+)
+def test_loads_accepts_what_json_loads_accepts(data: bytes | str, expected: Any) -> None:
+    assert _codec.loads(data) == expected
+
+
+def test_loads_refuses_text_that_starts_with_a_bom() -> None:
+    with pytest.raises(SerializationError, match=r"^cannot decode JSON: Unexpected UTF-8 BOM"):
+        _codec.loads("\ufeff[1]")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from looplane.errors import ConfigError, TaskNotFound
+from looplane.errors import ConfigError, InvalidArguments, TaskNotFound
 from looplane.task import (
     MAX_NAME_LENGTH,
     Backoff,
@@ -434,3 +434,29 @@ async def test_current_task_inside_task_returns_context() -> None:
     assert seen is context
     assert seen.is_retry
     assert seen.is_last_attempt
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        pytest.param((1, 2), {}, None, id="fits"),
+        pytest.param((1,), {"b": 2}, None, id="keyword"),
+        pytest.param((1,), {}, r"missing a required argument: 'b'$", id="too-few"),
+        pytest.param((1, 2, 3), {}, r"too many positional arguments$", id="too-many"),
+        pytest.param((1, 2), {"c": 3}, r"got an unexpected keyword argument 'c'$", id="extra"),
+    ],
+)
+def test_check_call_of_plain_parameters_checks_count_and_keywords(
+    args: tuple[int, ...], kwargs: dict[str, int], error: str | None
+) -> None:
+    @register_task(name="lp_test.pair")
+    def pair(a: int, b: int) -> int:
+        return a + b
+
+    entry = registry.get("lp_test.pair")
+
+    if error is None:
+        entry.check_call(args, kwargs)
+    else:
+        with pytest.raises(InvalidArguments, match=rf"^task 'lp_test.pair': {error}"):
+            entry.check_call(args, kwargs)

@@ -267,10 +267,33 @@ class StorageConsumer(Consumer):
         tasks = []
         fetched_at = datetime.fromtimestamp(self.clock.time(), UTC)
         for claim in claims:
-            task = await self._decode(claim, fetched_at)
+            task = self._decode_now(claim, fetched_at)
+            if task is None:
+                task = await self._decode(claim, fetched_at)
             if task is not None:
                 tasks.append(task)
         return tasks
+
+    def _decode_now(self, claim: Claim, fetched_at: datetime) -> Task | None:
+        # The usual delivery (a small payload that decodes to its own task, within its
+        # attempts) is decoded here without a coroutine; anything else returns None and
+        # takes `_decode`, which decodes it again and sets it aside with its reason.
+        if len(claim.payload) > _DECODE_IN_THREAD_AT or claim.attempt > claim.max_attempts:
+            return None
+        try:
+            task: object = self.serializer.deserialize(claim.payload)
+        except Exception:  # noqa: BLE001 - `_decode` decodes it again and names the error
+            return None
+        if not isinstance(task, Task) or task.id != claim.task_id:
+            return None
+        return self._accept(task, claim, fetched_at)
+
+    def _accept(self, task: Task, claim: Claim, fetched_at: datetime) -> Task:
+        task.attempt = claim.attempt
+        task.max_retries = claim.max_attempts - 1
+        task.fetched_at = fetched_at
+        self._claims[(task.id, task.attempt)] = claim
+        return task
 
     async def _decode(self, claim: Claim, fetched_at: datetime) -> Task | None:
         try:
@@ -289,11 +312,7 @@ class StorageConsumer(Consumer):
             )
             await self._reject(claim, reason, name=task.name)
             return None
-        task.attempt = claim.attempt
-        task.max_retries = claim.max_attempts - 1
-        task.fetched_at = fetched_at
-        self._claims[(task.id, task.attempt)] = claim
-        return task
+        return self._accept(task, claim, fetched_at)
 
     async def _deserialize(self, payload: bytes) -> Task:
         # Any exception a serializer raises is the payload's fault, not the worker's: one

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from looplane.broker.serializer import JSONSerializer, Serializer
@@ -151,24 +150,18 @@ def _unpack(call: Any) -> Call:
     return call[0], call[1], call[2]
 
 
-@contextlib.contextmanager
-def _naming_call(index: int | None) -> Iterator[None]:
-    """Prefix errors about one call of a batch with its position in the batch."""
-    try:
-        yield
-    except SerializationError as exc:
-        if index is None:
-            raise
-        raise SerializationError(
+def _in_batch(exc: SerializationError | InvalidArguments, index: int) -> Exception:
+    """`exc` again, its message prefixed with the position of its call in the batch."""
+    if isinstance(exc, SerializationError):
+        return SerializationError(
             f"call {index} of the batch: {exc}", path=exc.path, type_name=exc.type_name
-        ) from None
-    except InvalidArguments as exc:
-        if index is None:
-            raise
-        raise InvalidArguments(f"call {index} of the batch: {exc}", name=exc.name) from None
+        )
+    return InvalidArguments(f"call {index} of the batch: {exc}", name=exc.name)
 
 
 def _rough_size(task: Task) -> int:
+    if not task.args and not task.kwargs:
+        return 0
     sized = [*task.args, *task.kwargs.values()]
     return sum(len(v) for v in sized if isinstance(v, str | bytes | list | dict | tuple))
 
@@ -214,12 +207,16 @@ class StorageProducer(Producer):
             raise BrokerError("producer is closed")
         tasks = []
         batch = list(calls)
-        for index, call in enumerate(batch):
-            func, args, kwargs = _unpack(call)
-            with _naming_call(index if len(batch) > 1 else None):
+        try:
+            for call in batch:
+                func, args, kwargs = _unpack(call)
                 task = self._create_task(func, args, kwargs, retries, timeout, backoff)
-            task.queue = self.queue
-            tasks.append(task)
+                task.queue = self.queue
+                tasks.append(task)
+        except (SerializationError, InvalidArguments) as exc:
+            if len(batch) == 1:
+                raise
+            raise _in_batch(exc, len(tasks)) from None
         if sum(_rough_size(t) for t in tasks) > _ENCODE_IN_THREAD_AT:
             records = await asyncio.to_thread(self._encode_all, tasks)
         else:
@@ -228,10 +225,15 @@ class StorageProducer(Producer):
         return tasks
 
     def _encode_all(self, tasks: list[Task]) -> list[NewTask]:
-        records = []
-        for index, task in enumerate(tasks):
-            with _naming_call(index if len(tasks) > 1 else None):
-                records.append(self._encode(task))
+        # A loop, not a comprehension: on failure, the records made so far count the call.
+        records: list[NewTask] = []
+        try:
+            for task in tasks:
+                records.append(self._encode(task))  # noqa: PERF401 - see above
+        except SerializationError as exc:
+            if len(tasks) == 1:
+                raise
+            raise _in_batch(exc, len(records)) from None
         return records
 
     def _encode(self, task: Task) -> NewTask:

@@ -6,6 +6,10 @@ not be stored there is refused here too, and every read hands out a fresh copy.
 Expiry is amortized: results sit in one structure ordered by store time, which (with one time
 to live) is also expiry order, so each store pops the expired ones from its front. The cost is
 proportional to what expired, not to what is stored.
+
+Each stored result is a plain tuple of atomic values (numbers and bytes), and so are the
+per-task groups of them: the garbage collector stops tracking such tuples, so a backend
+holding a day of results does not make every collection of the process walk them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import itertools
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import Final
 
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane.errors import StorageUnavailable
@@ -35,12 +39,13 @@ __all__ = ["InMemoryResultBackend"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    seq: int
-    data: bytes
-    expires_at: float
-    """Wall-clock time the result stops being visible; infinity for never."""
+_Stored = tuple[int, int, bytes, float]
+"""One stored result: its attempt number, store sequence number, encoded bytes and the
+wall-clock time it stops being visible (infinity for never)."""
+_ATTEMPT: Final = 0
+_SEQ: Final = 1
+_DATA: Final = 2
+_EXPIRES_AT: Final = 3
 
 
 class InMemoryResultBackend(ResultBackend):
@@ -62,9 +67,12 @@ class InMemoryResultBackend(ResultBackend):
         check_ttl(ttl_s)
         self.ttl_s = ttl_s
         self.clock = clock
-        self._by_task: dict[str, dict[int, _Stored]] = {}
+        self._by_task: dict[str, tuple[_Stored, ...]] = {}
+        """Each task's stored results, in attempt order."""
         self._order: OrderedDict[int, tuple[str, int]] = OrderedDict()
         self._seq = itertools.count(1)
+        self._sweep_at = -math.inf
+        """No result expires before this wall-clock time (the front's expiry at the last sweep)."""
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._closed = False
 
@@ -85,16 +93,27 @@ class InMemoryResultBackend(ResultBackend):
         self._sweep(now)
 
         expires_at = math.inf if self.ttl_s is None else now + self.ttl_s
-        stored = _Stored(seq=next(self._seq), data=data, expires_at=expires_at)
-        attempts = self._by_task.setdefault(result.task_id, {})
-        previous = attempts.pop(result.attempt, None)
-        if previous is not None:
-            del self._order[previous.seq]
-        attempts[result.attempt] = stored
-        self._order[stored.seq] = (result.task_id, result.attempt)
+        seq = next(self._seq)
+        stored = (result.attempt, seq, data, expires_at)
+        attempts = self._by_task.get(result.task_id)
+        if attempts is None:
+            self._by_task[result.task_id] = (stored,)
+        else:
+            self._by_task[result.task_id] = self._replace(attempts, stored)
+        self._order[seq] = (result.task_id, result.attempt)
 
         for event in self._waiters.get(result.task_id, ()):
             event.set()
+
+    def _replace(self, attempts: tuple[_Stored, ...], stored: _Stored) -> tuple[_Stored, ...]:
+        # A store of an attempt already stored replaces it; the others stay in attempt order.
+        for previous in attempts:
+            if previous[_ATTEMPT] == stored[_ATTEMPT]:
+                del self._order[previous[_SEQ]]
+        kept = [item for item in attempts if item[_ATTEMPT] != stored[_ATTEMPT]]
+        kept.append(stored)
+        kept.sort(key=_attempt_number)
+        return tuple(kept)
 
     async def results(self, *, limit: int | None = None) -> list[TaskResult]:
         """Every unexpired result, newest stored first (at most `limit`).
@@ -111,9 +130,9 @@ class InMemoryResultBackend(ResultBackend):
         for task_id, attempt in reversed(self._order.values()):
             if limit is not None and len(found) >= limit:
                 break
-            stored = self._by_task[task_id][attempt]
-            if stored.expires_at > now:
-                found.append(TaskResult.from_bytes(stored.data))
+            stored = _find(self._by_task[task_id], attempt)
+            if stored[_EXPIRES_AT] > now:
+                found.append(TaskResult.from_bytes(stored[_DATA]))
         return found
 
     async def get(self, task_id: str) -> TaskResult | None:
@@ -134,11 +153,10 @@ class InMemoryResultBackend(ResultBackend):
         self._check_open()
         now = self.clock.time()
         self._sweep(now)
-        attempts = self._by_task.get(task_id, {})
         return [
-            TaskResult.from_bytes(attempts[number].data)
-            for number in sorted(attempts)
-            if attempts[number].expires_at > now
+            TaskResult.from_bytes(stored[_DATA])
+            for stored in self._by_task.get(task_id, ())
+            if stored[_EXPIRES_AT] > now
         ]
 
     async def wait(self, task_id: str, *, timeout: float = 30.0) -> TaskResult:
@@ -189,26 +207,47 @@ class InMemoryResultBackend(ResultBackend):
 
     def _latest(self, task_id: str, now: float) -> TaskResult | None:
         self._sweep(now)
-        attempts = self._by_task.get(task_id, {})
-        live = [number for number, stored in attempts.items() if stored.expires_at > now]
+        live = [stored for stored in self._by_task.get(task_id, ()) if stored[_EXPIRES_AT] > now]
         if not live:
             return None
-        return TaskResult.from_bytes(attempts[max(live)].data)
+        return TaskResult.from_bytes(live[-1][_DATA])
 
     def _sweep(self, now: float) -> None:
         # Store order is expiry order while the wall clock moves forward, so expired results
         # are all at the front. If the clock stepped back, a few may linger behind a younger
         # one; reads filter on expiry, so they stay invisible until the sweep reaches them.
+        # So nothing is purged before the front's expiry, and most sweeps stop at this one
+        # comparison instead of looking at the front.
+        if now < self._sweep_at:
+            return
         purged = 0
+        self._sweep_at = -math.inf
         while self._order:
             task_id, attempt = next(iter(self._order.values()))
             attempts = self._by_task[task_id]
-            if attempts[attempt].expires_at > now:
+            expires_at = _find(attempts, attempt)[_EXPIRES_AT]
+            if expires_at > now:
+                self._sweep_at = expires_at
                 break
             self._order.popitem(last=False)
-            del attempts[attempt]
-            if not attempts:
+            left = tuple(item for item in attempts if item[_ATTEMPT] != attempt)
+            if left:
+                self._by_task[task_id] = left
+            else:
                 del self._by_task[task_id]
             purged += 1
         if purged:
             logger.debug("purged expired results count=%d", purged)
+
+
+def _attempt_number(stored: _Stored) -> int:
+    return stored[_ATTEMPT]
+
+
+def _find(attempts: tuple[_Stored, ...], attempt: int) -> _Stored:
+    for stored in attempts:
+        if stored[_ATTEMPT] == attempt:
+            return stored
+    raise AssertionError(  # pragma: no cover - the store order and the groups change together
+        f"attempt {attempt} is in the store order but not stored"
+    )

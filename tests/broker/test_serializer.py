@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from looplane import _codec
 from looplane.broker.serializer import (
     FORMAT_VERSION,
     JSONSerializer,
@@ -302,3 +303,37 @@ def test_dict_to_task_record_without_version_reads_as_version_1() -> None:
 
 def test_dict_to_task_missing_timeout_means_none() -> None:
     assert dict_to_task(_record(timeout=_MISSING)).timeout is None
+
+
+@settings(deadline=None)
+@given(tasks)
+def test_json_serializer_writes_the_encoded_task_record(task: Task) -> None:
+    # The serializer writes the record field by field; it must be the text that encoding
+    # the record of `task_to_dict` as one dict writes.
+    record = task_to_dict(task)
+    record["args"] = _codec.encode(record["args"], "args")
+    record["kwargs"] = _codec.encode(record["kwargs"], "kwargs")
+
+    assert JSONSerializer().serialize(task) == _codec.dump_text(record).encode()
+
+
+@pytest.mark.parametrize(
+    ("changes", "dropped"),
+    [
+        pytest.param({"name": "lp_test.émoji"}, (), id="non-ascii-name"),
+        pytest.param({"kwargs": {"a": 1}}, (), id="kwargs"),
+        pytest.param({"timeout": 5}, (), id="int-timeout"),
+        pytest.param({}, ("v",), id="no-version"),
+    ],
+)
+def test_dict_to_task_reads_records_on_either_path(
+    changes: dict[str, Any], dropped: tuple[str, ...]
+) -> None:
+    record = task_to_dict(Task(id="t1", name="lp_test.task")) | changes
+    for key in dropped:
+        del record[key]
+
+    task = dict_to_task(record)
+
+    assert (task.name, task.kwargs) == (record["name"], record["kwargs"])
+    assert task.timeout == (None if record["timeout"] is None else float(record["timeout"]))

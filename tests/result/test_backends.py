@@ -13,6 +13,8 @@ time with a short time to live for Redis. The Redis cases run against the server
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import math
 import multiprocessing
 import os
@@ -23,7 +25,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from looplane import _codec
 from looplane._lmdb_env import LMDBEnv
 from looplane.errors import ConfigError, SerializationError, StorageUnavailable, TaskTimeout
 from looplane.result import lmdb as lmdb_results
@@ -31,7 +36,7 @@ from looplane.result.base import DEFAULT_RESULT_TTL_S, ResultBackend, TaskResult
 from looplane.result.lmdb import LMDBResultBackend
 from looplane.result.memory import InMemoryResultBackend
 from looplane.result.redis import RedisResultBackend
-from tests.test_codec import assert_same
+from tests.test_codec import assert_same, codec_values, datetimes, floats, texts
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -689,3 +694,46 @@ async def test_wait_wakes_on_result_from_another_process(tmp_path: Path) -> None
 
     assert result.value == "from the child"
     assert 0 < woke_at - store_started.value < 1.0
+
+
+@settings(deadline=None)
+@given(
+    value=codec_values,
+    error=st.none() | texts,
+    duration=floats,
+    times=st.lists(st.none() | datetimes, min_size=3, max_size=3),
+)
+def test_task_result_bytes_are_its_fields_encoded_as_one_record(
+    value: object, error: str | None, duration: float, times: list[datetime | None]
+) -> None:
+    # to_bytes writes the record field by field; it must be the text that encoding every
+    # init field, in field order, as one dict writes (what earlier versions stored).
+    result = TaskResult(
+        task_id=new_id(),
+        func_name="tests.add",
+        success=error is None,
+        value=value,
+        error=error,
+        traceback=error,
+        duration=duration,
+        fetched_at=times[0],
+        started_at=times[1],
+        finished_at=times[2],
+    )
+    names = [f.name for f in dataclasses.fields(TaskResult) if f.init]
+    record = {name: _codec.encode(getattr(result, name), name) for name in names}
+
+    assert result.to_bytes() == _codec.dump_text(record).encode("ascii")
+
+
+async def test_memory_results_are_not_tracked_by_the_garbage_collector() -> None:
+    # A day of results must not make every collection of the worker walk them.
+    results = InMemoryResultBackend()
+    for n in range(3):
+        await results.store(make_result(new_id(), value=[n]))
+    await results.store(make_result(new_id(), attempt=2, value={"n": 1}))
+    # A collection untracks a tuple once its items are untracked: two do it for the nested.
+    gc.collect()
+    gc.collect()
+
+    assert not any(gc.is_tracked(stored) for stored in results._by_task.values())
