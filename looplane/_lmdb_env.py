@@ -9,10 +9,17 @@ Why this shape (see ``design/DELIVERY.md`` section 2):
   deadlocks, so every write runs on one dedicated thread
   (https://github.com/jnwatson/py-lmdb/pull/471).
 * Each commit is an fsync. The writer thread therefore takes every operation queued while the
-  previous commit ran and applies them all in one transaction (group commit). If one of them
+  previous commit ran, and first lets the submitting event loop finish its current pass, so
+  a finished task's result, its ack and the next claim share one commit. If one of them
   fails, the batch is replayed with each operation in a nested transaction, so the failing
   one rolls back alone. An operation's caller is answered only
   after the commit, so "returned" still means "durable".
+* Relaxed sync (``sync=False``) opens the environment with LMDB's ``MDB_NOMETASYNC``: a commit
+  flushes its data pages but defers the metadata flush to the next commit, one fsync instead
+  of two. A process crash, even SIGKILL, loses nothing (the pages are in the OS page cache);
+  an OS crash or power loss may undo the last commit but never corrupts the file. No fsync
+  at all (``MDB_NOSYNC``) is not offered: LMDB documents that a system crash can then corrupt
+  the database (http://www.lmdb.tech/doc/group__mdb__env.html).
 * An environment is never used across ``fork``: the child drops its inherited handles and
   opens its own (https://github.com/jnwatson/py-lmdb/issues/346).
 * Other processes learn of new work through a doorbell file: the writer rewrites one byte after
@@ -40,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import lmdb
 
-from looplane.errors import StorageError, StorageFull, StorageUnavailable
+from looplane.errors import ConfigError, StorageError, StorageFull, StorageUnavailable
 
 __all__ = [
     "DB_NAMES",
@@ -92,6 +99,9 @@ DB_NAMES = (
 )
 
 _MAX_BATCH = 256
+# Longest the writer waits for the loop that submitted a write to finish its current pass
+# before committing; bounds the delay when that loop is blocked or was closed.
+_CATCH_UP_S = 0.005
 _READER_CHECK_S = 60.0
 _STOP = object()
 
@@ -142,12 +152,19 @@ class LMDBEnv:
     _lock = threading.Lock()
 
     def __init__(
-        self, path: str, map_size: int, max_readers: int, max_map_size: int = DEFAULT_MAX_MAP_SIZE
+        self,
+        path: str,
+        map_size: int,
+        max_readers: int,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        *,
+        sync: bool = True,
     ) -> None:
         self.path = path
         self.pid = os.getpid()
         self.refs = 0
         self.max_map_size = max(max_map_size, map_size)
+        self.sync = sync
         if os.path.lexists(path) and not os.path.isdir(path):
             raise StorageError(
                 f"the LMDB path {path} exists but is not a directory", backend="lmdb"
@@ -168,7 +185,7 @@ class LMDBEnv:
                 subdir=True,
                 lock=True,
                 sync=True,
-                metasync=True,
+                metasync=sync,
                 writemap=False,
                 max_spare_txns=0,
             )
@@ -190,6 +207,7 @@ class LMDBEnv:
         self._listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, Callable[[], None]]]]
         self._listeners = {name: set() for name in self._bells}
         self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = False
         self._writer = threading.Thread(
             target=self._write_loop, name=f"looplane-lmdb:{path}", daemon=True
         )
@@ -212,18 +230,31 @@ class LMDBEnv:
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = DEFAULT_MAX_READERS,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        sync: bool = True,
     ) -> LMDBEnv:
         """The process's environment for `path`, opened on first use.
 
         The first opener's `map_size`, `max_readers` and `max_map_size` apply to the whole
-        process; later ones share its environment.
+        process; later ones share its environment. `sync` must agree with the open
+        environment's: durability is a promise each opener relies on, so it is never
+        silently changed.
+
+        Raises:
+            ConfigError: The environment is open here with the other `sync` setting.
+            StorageError: The environment cannot be opened.
         """
         real = os.path.realpath(os.fspath(path))
         with cls._lock:
             env = cls._open.get(real)
             if env is None or env.pid != os.getpid():
-                env = cls(real, map_size, max_readers, max_map_size)
+                env = cls(real, map_size, max_readers, max_map_size, sync=sync)
                 cls._open[real] = env
+            elif env.sync != sync:
+                raise ConfigError(
+                    f"the LMDB environment at {real} is open in this process with "
+                    f"sync={env.sync}; it cannot also be opened with sync={sync}: give "
+                    "storage and results the same sync setting"
+                )
             env.refs += 1
             return env
 
@@ -304,27 +335,29 @@ class LMDBEnv:
                     loop.call_soon_threadsafe(_answer, [(future, False, closed)])
 
     def _serve(self) -> None:
-        while True:
+        while not self._stopping:
             first = self._ops.get()
             if first is _STOP:
                 return
+            _let_loop_catch_up(first[2])
             batch: list[Op] = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    op = self._ops.get_nowait()
-                except queue.Empty:
-                    break
-                if op is _STOP:
-                    stop = True
-                    break
-                batch.append(op)
+            self._gather(batch)
             self._apply(batch)
-            if stop:
+
+    def _gather(self, batch: list[Op]) -> None:
+        """Add the operations queued meanwhile to `batch`; note a stop request."""
+        while len(batch) < _MAX_BATCH:
+            try:
+                op = self._ops.get_nowait()
+            except queue.Empty:
                 return
+            if op is _STOP:
+                self._stopping = True
+                return
+            batch.append(op)
 
     def _apply(self, batch: list[Op]) -> None:
-        outcomes = self._commit_with_growth(batch)
+        outcomes = self._commit_with_growth(batch, gather=True)
         rings = {op[1] for op, (ok, _) in zip(batch, outcomes, strict=True) if ok and op[1]}
         for name in rings:
             self._ring(name)
@@ -336,10 +369,12 @@ class LMDBEnv:
                 loop.call_soon_threadsafe(_answer, answers)
         self._maybe_check_readers()
 
-    def _commit_with_growth(self, batch: list[Op]) -> list[tuple[bool, Any]]:
+    def _commit_with_growth(
+        self, batch: list[Op], *, gather: bool = False
+    ) -> list[tuple[bool, Any]]:
         while True:
             try:
-                return self._commit(batch)
+                return self._commit(batch, gather=gather)
             except lmdb.MapFullError:
                 # A map that cannot grow fails this batch's callers. Letting the error escape
                 # would end the writer thread and leave every caller of the batch waiting.
@@ -436,13 +471,17 @@ class LMDBEnv:
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
         return pages * self._page_size
 
-    def _commit(self, batch: list[Op]) -> list[tuple[bool, Any]]:
+    def _commit(self, batch: list[Op], *, gather: bool = False) -> list[tuple[bool, Any]]:
         # Operations almost never fail, so the batch first runs flat in one transaction.
         # If one raises, that transaction is abandoned and the batch is replayed with each
         # operation in a nested transaction, so the failure rolls back alone. Operations
         # keep no state outside LMDB, so running one twice is safe.
         with self._gate.shared():
             txn = self.env.begin(write=True)
+            if gather:
+                # Beginning waits while another process commits; what was queued meanwhile
+                # joins this commit instead of waiting for a commit of its own.
+                self._gather(batch)
             try:
                 outcomes = [(True, fn(txn)) for fn, _, _, _, _ in batch]
             except BaseException as exc:
@@ -551,6 +590,20 @@ class LMDBEnv:
                 loop.call_soon_threadsafe(callback)
 
 
+def _let_loop_catch_up(loop: asyncio.AbstractEventLoop) -> None:
+    # A loop that submits one write usually submits more in the same pass: answering a
+    # commit frees task slots, so results, acks and the next claim follow together.
+    # Committing at the first one would split them over two commits, two fsyncs each, and
+    # halve what a worker drains. So the writer first lets the loop run what it has ready;
+    # on an idle loop that costs one wake-up, far less than the fsync it saves.
+    caught_up = threading.Event()
+    try:
+        loop.call_soon_threadsafe(caught_up.set)
+    except RuntimeError:  # the loop was closed; its writes are still committed
+        return
+    caught_up.wait(_CATCH_UP_S)
+
+
 def _answer(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for future, ok, value in answers:
         if future.done():
@@ -582,10 +635,14 @@ def uuid_key(task_id: str) -> bytes:
         ValueError: `task_id` is not a UUID in any form `uuid.UUID` reads.
     """
     if type(task_id) is str and len(task_id) == 32:  # the usual form, without UUID()'s cost
-        with contextlib.suppress(ValueError):
+        # A try block, not contextlib.suppress: this runs several times per task on the
+        # writer thread, and the context manager costs more than the conversion.
+        try:
             key = bytes.fromhex(task_id)
-            if len(key) == 16:
-                return key
+        except ValueError:
+            key = b""  # not plain hex; UUID() below reads the other forms or says why not
+        if len(key) == 16:  # fromhex skips whitespace, so 32 characters may be fewer bytes
+            return key
     try:
         return uuid.UUID(hex=task_id).bytes
     except (AttributeError, TypeError) as exc:

@@ -192,6 +192,16 @@ class StorageSettings(_Section):
     # below map_size is raised to map_size.
     max_map_size: ByteSize = Field(default=ByteSize(64 << 30))
     max_readers: PositiveInt = 1024
+    sync: bool = Field(
+        default=True,
+        description=(
+            "LMDB durability. True (the default): a send, ack or result has reached the disk "
+            "when its call returns. False: each commit defers its metadata flush to the next "
+            "one (one fsync instead of two); a process crash, even SIGKILL, loses nothing, "
+            "an OS crash or power loss may undo the last commit, the file is never corrupted. "
+            "LMDB results follow this setting, also at their own results.path."
+        ),
+    )
     lease: PositiveDuration = 30.0
     queue: str = "default"
     url: Url = None

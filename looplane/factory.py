@@ -30,7 +30,7 @@ from looplane.broker.producer import StorageProducer
 from looplane.broker.serializer import JSONSerializer, Serializer
 from looplane.errors import AppImportError, BrokerError, ConfigError, StorageError
 from looplane.orchestrator import Orchestrator
-from looplane.result.base import ResultBackend
+from looplane.result.base import ResultBackend, check_ttl
 from looplane.result.lmdb import LMDBResultBackend
 from looplane.result.memory import InMemoryResultBackend
 from looplane.storage.base import StorageBackend
@@ -300,13 +300,15 @@ def _make_storage(
     if target == "redis":
         return _redis_storage(settings, origins)
     try:
-        return LMDBStorage(
-            section.path,
-            lease_s=section.lease,
-            map_size=int(section.map_size),
-            max_readers=section.max_readers,
-            max_map_size=int(section.max_map_size),
-        )
+        with _naming("storage.sync", section.sync, origins):
+            return LMDBStorage(
+                section.path,
+                lease_s=section.lease,
+                map_size=int(section.map_size),
+                max_readers=section.max_readers,
+                max_map_size=int(section.max_map_size),
+                sync=section.sync,
+            )
     except (OSError, StorageError) as exc:
         raise _unusable("storage.path", section.path, exc, origins) from exc
 
@@ -414,10 +416,18 @@ def _make_results(
     key = "results.path" if section.path else "storage.path"
     shared = storage.path if isinstance(storage, LMDBStorage) else settings.storage.path
     path = section.path or shared
+    with _naming("results.ttl", section.ttl, origins):
+        check_ttl(section.ttl)
     try:
-        return LMDBResultBackend(path, ttl_s=section.ttl, map_size=int(settings.storage.map_size))
-    except ConfigError as exc:
-        raise _problem("results.ttl", str(exc), section.ttl, origins) from exc
+        # The TTL is checked above, so a ConfigError here is a sync conflict with an
+        # environment this process already has open.
+        with _naming("storage.sync", settings.storage.sync, origins):
+            return LMDBResultBackend(
+                path,
+                ttl_s=section.ttl,
+                map_size=int(settings.storage.map_size),
+                sync=settings.storage.sync,
+            )
     except (OSError, StorageError) as exc:
         raise _unusable(key, path, exc, origins) from exc
 

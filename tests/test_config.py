@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from looplane.config import (
     MASK,
     Settings,
+    StorageSettings,
     leaf_keys,
     load_settings,
     parse_duration,
@@ -1037,3 +1038,36 @@ def test_to_document_masks_secret_looking_options(tmp_path: Path) -> None:
     assert document["storage"]["options"] == {"password": MASK, "region": "eu"}
     revealed = to_document(loaded.settings, reveal_secrets=True)
     assert revealed["storage"]["options"]["password"] == "optSECRET"
+
+
+@pytest.mark.parametrize(
+    ("file", "environ", "expected"),
+    [
+        pytest.param("", {}, True, id="default-durable"),
+        pytest.param("[storage]\nsync = false\n", {}, False, id="file"),
+        pytest.param("", {"LOOPLANE_STORAGE__SYNC": "off"}, False, id="env"),
+        pytest.param(
+            "[storage]\nsync = false\n", {"LOOPLANE_STORAGE__SYNC": "yes"}, True, id="env-wins"
+        ),
+    ],
+)
+def test_load_settings_storage_sync(
+    tmp_path: Path, file: str, environ: dict[str, str], expected: bool
+) -> None:
+    write(tmp_path, "looplane.toml", file)
+
+    assert load_settings(environ=environ, cwd=tmp_path).settings.storage.sync is expected
+
+
+def test_load_settings_storage_sync_refuses_a_non_boolean(tmp_path: Path) -> None:
+    write(tmp_path, "looplane.toml", '[storage]\nsync = "sometimes"\n')
+
+    with pytest.raises(ConfigError, match=r"storage\.sync"):
+        load_settings(environ={}, cwd=tmp_path)
+
+
+def test_storage_sync_is_documented_in_the_settings_model() -> None:
+    description = StorageSettings.model_fields["sync"].description
+
+    assert description is not None
+    assert "OS crash" in description

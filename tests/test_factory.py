@@ -1170,3 +1170,42 @@ async def test_from_config_runs_a_worker_on_redis_end_to_end(
         await client.srem(f"{app.storage.queue_prefix}:queues", queue)
 
     assert result.value == "DONE"
+
+
+@pytest.mark.parametrize(
+    "results", [pytest.param({}, id="shared-path"), pytest.param(None, id="own-results-path")]
+)
+async def test_build_relaxed_sync_applies_to_storage_and_lmdb_results(
+    tmp_path: Path, opened: list[Any], results: dict[str, str] | None
+) -> None:
+    section = {"path": str(tmp_path / "results")} if results is None else results
+    settings = make_settings(tmp_path, storage={"backend": "lmdb", "sync": False}, results=section)
+
+    storage = build_storage(settings)
+    opened.append(storage)
+    backend = build_result_backend(settings, storage)
+    opened.append(backend)
+
+    assert isinstance(storage, LMDBStorage)
+    assert isinstance(backend, LMDBResultBackend)
+    assert storage.env.env.flags()["metasync"] is False
+    assert backend.sync is False
+    probe = LMDBEnv.acquire(backend.path, sync=False)
+    try:
+        assert probe.env.flags()["metasync"] is False
+    finally:
+        probe.release()
+
+
+def test_build_storage_names_storage_sync_when_the_path_is_open_with_the_other_sync(
+    tmp_path: Path,
+) -> None:
+    env = LMDBEnv.acquire(tmp_path / "db", sync=True)
+    try:
+        settings = make_settings(tmp_path, storage={"backend": "lmdb", "sync": False})
+        with pytest.raises(
+            ConfigError, match=r"^storage\.sync: the LMDB environment at .* False\)$"
+        ):
+            build_storage(settings)
+    finally:
+        env.release()

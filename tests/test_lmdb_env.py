@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from looplane._lmdb_env import LMDBEnv, Txn
-from looplane.errors import StorageFull
+from looplane.errors import ConfigError, StorageFull
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,3 +122,41 @@ def test_public_names_are_sorted_and_export_every_error() -> None:
     assert looplane.__all__ == sorted(looplane.__all__)
     assert "StorageFull" in looplane.__all__
     assert classes <= set(looplane.__all__)
+
+
+async def test_env_is_durable_by_default(tmp_path: Path) -> None:
+    env = LMDBEnv.acquire(tmp_path / "db")
+    try:
+        flags = env.env.flags()
+        assert env.sync is True
+        assert (flags["sync"], flags["metasync"]) == (True, True)
+    finally:
+        env.release()
+
+
+async def test_env_relaxed_sync_defers_only_the_metadata_flush(tmp_path: Path) -> None:
+    env = LMDBEnv.acquire(tmp_path / "db", sync=False)
+    try:
+        flags = env.env.flags()
+        assert env.sync is False
+        assert (flags["sync"], flags["metasync"]) == (True, False)
+        assert await env.write(lambda txn: txn.put(b"k", b"v", db=env.dbs["meta"])) is True
+    finally:
+        env.release()
+
+
+@pytest.mark.parametrize(
+    "first", [pytest.param(True, id="durable"), pytest.param(False, id="relaxed")]
+)
+async def test_env_acquire_with_the_other_sync_is_refused(tmp_path: Path, first: bool) -> None:
+    env = LMDBEnv.acquire(tmp_path / "db", sync=first)
+    try:
+        with pytest.raises(ConfigError, match=rf"open in this process with sync={first}; "):
+            LMDBEnv.acquire(tmp_path / "db", sync=not first)
+        assert env.refs == 1
+        again = LMDBEnv.acquire(tmp_path / "db", sync=first)
+        assert again is env
+        again.release()
+    finally:
+        env.release()
+    assert env.closed

@@ -78,10 +78,14 @@ class LMDBResultBackend(ResultBackend):
         path: The environment directory; created if missing.
         ttl_s: Seconds a result stays readable after it is stored; None keeps it forever.
         map_size: Initial size of the memory map in bytes; it doubles when full.
+        sync: False relaxes durability as `LMDBStorage`'s ``sync`` does: a process crash
+            loses nothing, an OS crash may undo the last commit. It must match any storage
+            sharing the directory in this process.
         clock: The wall clock that stamps and expires results.
 
     Raises:
-        ConfigError: `ttl_s` is not a positive number of seconds or None.
+        ConfigError: `ttl_s` is not a positive number of seconds or None, or the directory
+            is open in this process with the other `sync` setting.
         StorageError: The environment cannot be opened.
 
     Note:
@@ -97,12 +101,14 @@ class LMDBResultBackend(ResultBackend):
         *,
         ttl_s: float | None = DEFAULT_RESULT_TTL_S,
         map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         check_ttl(ttl_s)
         self.ttl_s = ttl_s
+        self.sync = sync
         self.clock = clock
-        self._env = LMDBEnv.acquire(path, map_size=map_size)
+        self._env = LMDBEnv.acquire(path, map_size=map_size, sync=sync)
         self.path = self._env.path
         self._wakeups: dict[asyncio.AbstractEventLoop, _Wakeups] = {}
         self._closed = False

@@ -160,6 +160,13 @@ class LMDBStorage(StorageBackend):
 
     Files are created for their owner only: the directory 0700, data and lock files 0600.
 
+    Commits are durable by default: a write has reached the disk when its call returns.
+    ``sync=False`` relaxes that for speed: each commit flushes its data but defers the
+    metadata flush to the next commit (LMDB's ``MDB_NOMETASYNC``), so a process crash, even
+    SIGKILL, loses nothing, while an OS crash or power loss may undo the last commit, never
+    corrupting the file. Everything opening the same directory in one process must agree on
+    `sync`.
+
     Note:
         Keep the directory on a local file system; LMDB's locks do not work over NFS.
         A storage object inherited through ``fork`` raises `StorageUnavailable` in the child:
@@ -176,6 +183,7 @@ class LMDBStorage(StorageBackend):
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = DEFAULT_MAX_READERS,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        sync: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.path = os.fspath(path)
@@ -183,10 +191,18 @@ class LMDBStorage(StorageBackend):
         self.map_size = map_size
         self.max_readers = max_readers
         self.max_map_size = max_map_size
+        self.sync = sync
         self.clock = clock
         self._env: LMDBEnv | None = LMDBEnv.acquire(
-            path, map_size=map_size, max_readers=max_readers, max_map_size=max_map_size
+            path,
+            map_size=map_size,
+            max_readers=max_readers,
+            max_map_size=max_map_size,
+            sync=sync,
         )
+        # Transaction helpers run on the writer or a reader thread, only for calls that
+        # passed the `env` checks, so they read the databases without repeating them.
+        self._dbs = self._env.dbs
         self._next_due_mono = float("inf")
 
     @property
@@ -222,7 +238,7 @@ class LMDBStorage(StorageBackend):
     def _prepare(self, txn: Txn) -> None:
         # Checked in every transaction rather than once per object: the transaction that
         # first records the boot id may still roll back (a full map retries the batch).
-        meta = self.env.dbs["meta"]
+        meta = self._dbs["meta"]
         boot = _boot_id()
         stored = txn.get(b"boot_id", db=meta)
         if stored == boot:
@@ -233,7 +249,7 @@ class LMDBStorage(StorageBackend):
         txn.put(b"boot_id", boot, db=meta)
 
     def _expire_all_leases(self, txn: Txn) -> None:
-        dbs = self.env.dbs
+        dbs = self._dbs
         cursor = txn.cursor(db=dbs["leases"])
         keys = list(cursor.iternext(keys=True, values=False))
         for key in keys:
@@ -245,7 +261,7 @@ class LMDBStorage(StorageBackend):
             txn.put(task_key, header.pack(), db=dbs["jobs"])
 
     def _make_all_delays_due(self, txn: Txn) -> None:
-        dbs = self.env.dbs
+        dbs = self._dbs
         cursor = txn.cursor(db=dbs["delayed"])
         for key, task_key in list(cursor.iternext()):
             txn.delete(key, db=dbs["delayed"])
@@ -259,7 +275,7 @@ class LMDBStorage(StorageBackend):
         # Read it in every transaction rather than caching it on the object: the transaction
         # that creates it may still roll back (a full map retries the whole batch), and a
         # cached id that was never committed would file tasks under a queue nobody can find.
-        meta = self.env.dbs["meta"]
+        meta = self._dbs["meta"]
         raw = txn.get(b"q/" + queue.encode(), db=meta)
         if raw is not None:
             return int(_U32.unpack(raw)[0])
@@ -270,7 +286,7 @@ class LMDBStorage(StorageBackend):
         return qid
 
     def _next_seq(self, txn: Txn, count: int) -> int:
-        meta = self.env.dbs["meta"]
+        meta = self._dbs["meta"]
         raw = txn.get(b"seq", db=meta)
         first = (_U64.unpack(raw)[0] if raw else 0) + 1
         txn.put(b"seq", _U64.pack(first + count - 1), db=meta)
@@ -285,28 +301,28 @@ class LMDBStorage(StorageBackend):
     def _held(self, txn: Txn, claim: Claim) -> tuple[bytes, _Header] | None:
         self._prepare(txn)
         key = _task_key(claim.task_id)
-        raw = txn.get(key, db=self.env.dbs["jobs"])
+        raw = txn.get(key, db=self._dbs["jobs"])
         if raw is None:
             return None
         header = _Header.unpack(raw)
         if header.state is not TaskState.LEASED or header.token != claim.token:
             return None
-        txn.delete(_TIMED_KEY.pack(header.due_ms, key), db=self.env.dbs["leases"])
+        txn.delete(_TIMED_KEY.pack(header.due_ms, key), db=self._dbs["leases"])
         return key, header
 
     def _to_ready(self, txn: Txn, key: bytes, header: _Header) -> None:
         header.state = TaskState.READY
         header.token = bytes(16)
-        txn.put(header.ready_key(), key, db=self.env.dbs["ready"])
-        txn.put(key, header.pack(), db=self.env.dbs["jobs"])
+        txn.put(header.ready_key(), key, db=self._dbs["ready"])
+        txn.put(key, header.pack(), db=self._dbs["jobs"])
 
     def _to_dead(self, txn: Txn, key: bytes, header: _Header, reason: str) -> None:
         header.state = TaskState.DEAD
         header.token = bytes(16)
         header.due_ms = _ms(self.clock.time())
         dead_key = _DEAD_KEY.pack(header.qid, header.due_ms, key)
-        txn.put(dead_key, reason.encode("utf-8", "backslashreplace"), db=self.env.dbs["dead"])
-        txn.put(key, header.pack(), db=self.env.dbs["jobs"])
+        txn.put(dead_key, reason.encode("utf-8", "backslashreplace"), db=self._dbs["dead"])
+        txn.put(key, header.pack(), db=self._dbs["jobs"])
 
     # The interface ------------------------------------------------------------------------
 
@@ -322,7 +338,7 @@ class LMDBStorage(StorageBackend):
 
     def _enqueue(self, txn: Txn, records: list[tuple[bytes, NewTask]]) -> None:
         self._prepare(txn)
-        dbs = self.env.dbs
+        dbs = self._dbs
         seq = self._next_seq(txn, len(records))
         now_ms = _ms(self.clock.time())
         for offset, (key, task) in enumerate(records):
@@ -367,7 +383,7 @@ class LMDBStorage(StorageBackend):
         return claims, self._next_due_s(txn)
 
     def _promote_due(self, txn: Txn) -> None:
-        dbs = self.env.dbs
+        dbs = self._dbs
         now_ms = _ms(self.clock.monotonic())
         cursor = txn.cursor(db=dbs["delayed"])
         moved = 0
@@ -381,7 +397,7 @@ class LMDBStorage(StorageBackend):
             moved += 1
 
     def _reap_expired(self, txn: Txn) -> None:
-        dbs = self.env.dbs
+        dbs = self._dbs
         now_ms = _ms(self.clock.monotonic())
         cursor = txn.cursor(db=dbs["leases"])
         reaped = 0
@@ -405,7 +421,7 @@ class LMDBStorage(StorageBackend):
             reaped += 1
 
     def _take_ready(self, txn: Txn, qid: int, limit: int) -> list[Claim]:
-        dbs = self.env.dbs
+        dbs = self._dbs
         now_ms = _ms(self.clock.monotonic())
         prefix = _U32.pack(qid)
         cursor = txn.cursor(db=dbs["ready"])
@@ -434,7 +450,7 @@ class LMDBStorage(StorageBackend):
         return claims
 
     def _next_due_s(self, txn: Txn) -> float:
-        dbs = self.env.dbs
+        dbs = self._dbs
         waits = [float("inf")]
         cursor = txn.cursor(db=dbs["delayed"])
         if cursor.first():
@@ -454,8 +470,8 @@ class LMDBStorage(StorageBackend):
             return False
         key, header = held
         header.due_ms = _ms(self.clock.monotonic()) + self._lease_ms(header)
-        txn.put(_TIMED_KEY.pack(header.due_ms, key), b"", db=self.env.dbs["leases"])
-        txn.put(key, header.pack(), db=self.env.dbs["jobs"])
+        txn.put(_TIMED_KEY.pack(header.due_ms, key), b"", db=self._dbs["leases"])
+        txn.put(key, header.pack(), db=self._dbs["jobs"])
         return True
 
     async def ack(self, claim: Claim) -> bool:
@@ -467,8 +483,8 @@ class LMDBStorage(StorageBackend):
         if held is None:
             return False
         key = held[0]
-        txn.delete(key, db=self.env.dbs["jobs"])
-        txn.delete(key, db=self.env.dbs["payloads"])
+        txn.delete(key, db=self._dbs["jobs"])
+        txn.delete(key, db=self._dbs["payloads"])
         return True
 
     async def release(
@@ -492,8 +508,8 @@ class LMDBStorage(StorageBackend):
         header.state = TaskState.DELAYED
         header.token = bytes(16)
         header.due_ms = _ms(self.clock.monotonic() + delay_s)
-        txn.put(_DELAY_KEY.pack(header.due_ms, header.seq), key, db=self.env.dbs["delayed"])
-        txn.put(key, header.pack(), db=self.env.dbs["jobs"])
+        txn.put(_DELAY_KEY.pack(header.due_ms, header.seq), key, db=self._dbs["delayed"])
+        txn.put(key, header.pack(), db=self._dbs["jobs"])
         return True
 
     async def bury(self, claim: Claim, *, reason: str) -> bool:
@@ -513,13 +529,13 @@ class LMDBStorage(StorageBackend):
         return await self.env.write(lambda txn: self._requeue_dead(txn, key), ring="ready")
 
     def _requeue_dead(self, txn: Txn, key: bytes) -> bool:
-        raw = txn.get(key, db=self.env.dbs["jobs"])
+        raw = txn.get(key, db=self._dbs["jobs"])
         if raw is None:
             return False
         header = _Header.unpack(raw)
         if header.state is not TaskState.DEAD:
             return False
-        txn.delete(_DEAD_KEY.pack(header.qid, header.due_ms, key), db=self.env.dbs["dead"])
+        txn.delete(_DEAD_KEY.pack(header.qid, header.due_ms, key), db=self._dbs["dead"])
         # Attempt numbers go on from where they stopped, so the new run's results do not
         # overwrite the old run's; the task gets its original allowance again.
         # The delivery that reported a worker lost on the last attempt was not an attempt.
@@ -543,7 +559,7 @@ class LMDBStorage(StorageBackend):
         return await self.env.read(lambda txn: self._counts(txn, queue))
 
     def _counts(self, txn: Txn, queue: str) -> QueueCounts:
-        dbs = self.env.dbs
+        dbs = self._dbs
         raw = txn.get(b"q/" + queue.encode(), db=dbs["meta"])
         ready = dead = 0
         if raw is not None:
@@ -561,7 +577,7 @@ class LMDBStorage(StorageBackend):
         return await self.env.read(lambda txn: self._dead_tasks(txn, limit))
 
     def _dead_tasks(self, txn: Txn, limit: int) -> list[DeadTask]:
-        dbs = self.env.dbs
+        dbs = self._dbs
         found: list[DeadTask] = []
         for dead_key, reason in txn.cursor(db=dbs["dead"]):
             if len(found) >= limit:
@@ -609,7 +625,7 @@ class LMDBStorage(StorageBackend):
         return scan.found
 
     def _scan_tasks(self, txn: Txn, scan: _TaskScan) -> None:
-        dbs = self.env.dbs
+        dbs = self._dbs
         qid = self._queue_id(txn, scan.queue, create=False)
         cursor = txn.cursor(db=dbs["jobs"])
         positioned = qid is not None and len(scan.found) < scan.want and _before(cursor, scan.after)
@@ -628,7 +644,7 @@ class LMDBStorage(StorageBackend):
         scan.done = not positioned
 
     def _info(self, txn: Txn, key: bytes, header: _Header) -> TaskInfo:
-        dbs = self.env.dbs
+        dbs = self._dbs
         reason = failed_at = None
         if header.state is TaskState.DEAD:
             dead_key = _DEAD_KEY.pack(header.qid, header.due_ms, key)
@@ -655,7 +671,7 @@ class LMDBStorage(StorageBackend):
         return await self.env.write(lambda txn: self._purge(txn, queue))
 
     def _purge(self, txn: Txn, queue: str) -> int:
-        dbs = self.env.dbs
+        dbs = self._dbs
         qid = self._queue_id(txn, queue, create=False)
         if qid is None:
             return 0
@@ -685,7 +701,7 @@ class LMDBStorage(StorageBackend):
         return await self.env.write(self._purge_dead)
 
     def _purge_dead(self, txn: Txn) -> int:
-        dbs = self.env.dbs
+        dbs = self._dbs
         doomed = list(txn.cursor(db=dbs["dead"]).iternext(keys=True, values=False))
         for dead_key in doomed:
             txn.delete(dead_key, db=dbs["dead"])

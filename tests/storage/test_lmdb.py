@@ -18,7 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from looplane.errors import StorageUnavailable
+import pytest
+
+from looplane.errors import ConfigError, StorageUnavailable
+from looplane.result import LMDBResultBackend, TaskResult
 from looplane.storage import LMDBStorage, NewTask, QueueCounts
 from looplane.task import new_task_id
 from tests.conftest import eventually
@@ -26,8 +29,6 @@ from tests.conftest import eventually
 if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.synchronize import Barrier
-
-    import pytest
 
     from looplane._lmdb_env import LMDBEnv
     from looplane.storage import Claim
@@ -410,3 +411,39 @@ async def test_concurrent_processes_claim_each_task_exactly_once(tmp_path: Path)
     assert set(claimed) == {t.task_id for t in tasks}
     assert max(claimed.values()) == 1
     assert {(attempt, ok) for _, attempt, ok in lines} == {("1", "True")}
+
+
+async def test_lmdb_relaxed_sync_storage_and_results_share_one_environment(tmp_path: Path) -> None:
+    storage = LMDBStorage(tmp_path / "db", sync=False)
+    results = LMDBResultBackend(tmp_path / "db", sync=False)
+    try:
+        assert results.write_channel is storage.write_channel
+        assert storage.env.env.flags()["metasync"] is False
+        task = new_task()
+        await storage.enqueue([task])
+        [claim] = await storage.claim(1)
+        await results.store(TaskResult(task_id=task.task_id, func_name="f", success=True))
+        assert await storage.ack(claim)
+        assert (await results.get(task.task_id)) is not None
+    finally:
+        await results.close()
+        await storage.close()
+
+
+@pytest.mark.parametrize(
+    "storage_sync", [pytest.param(True, id="durable"), pytest.param(False, id="relaxed")]
+)
+async def test_lmdb_results_with_the_other_sync_are_refused(
+    tmp_path: Path, storage_sync: bool
+) -> None:
+    storage = LMDBStorage(tmp_path / "db", sync=storage_sync)
+    env = storage.env
+    try:
+        with pytest.raises(ConfigError, match=rf"sync={storage_sync}; it cannot also be opened"):
+            LMDBResultBackend(tmp_path / "db", sync=not storage_sync)
+        # The refused opener took no reference, so the storage's close still closes the env.
+        assert env.refs == 1
+        await storage.enqueue([new_task()])
+    finally:
+        await storage.close()
+    assert is_closed(env)
