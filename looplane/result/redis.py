@@ -19,7 +19,8 @@ its keys, also runs on Redis Cluster; the price is that one prefix's results liv
   first (Huey's notify pattern, https://github.com/coleifer/huey).
 
 A store is one script: the result, the attempt set, the index, its trim and the done list
-change together or not at all.
+change together or not at all. Stores made at the same time (an orchestrator finishing many
+tasks) share one script call, in call order (`looplane._redis_batch`).
 
 Blocking reads run on their own connections, with a server-side timeout shorter than the
 socket timeout, and loop until the caller's deadline: a blocking command is never cut off
@@ -35,10 +36,12 @@ import contextlib
 import logging
 import math
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import urlsplit
 
 from looplane._clock import SYSTEM_CLOCK, Clock
+from looplane._redis_batch import Batcher
 from looplane.errors import ConfigError, StorageError, StorageUnavailable
 from looplane.result.base import (
     DEFAULT_RESULT_TTL_S,
@@ -69,42 +72,64 @@ _SOCKET_TIMEOUT_S = 10.0
 _PAGE = 256
 """Index members `results` reads per round trip."""
 _PREFIX = re.compile(r"^[^\s{}]+$")
+_STORE_BATCH = 200
+"""Most results one store script call carries."""
 
-# KEYS: result, attempts, index, seq, done. ARGV: data, ttl_ms (0: never), attempt, member,
-# final (1 or 0). Store time comes from the server's clock, like the key expiry it must match.
+# KEYS: index, seq, then per result: result, attempts, done. ARGV: ttl_ms (0: never), then
+# per result: data, attempt, member, final (1 or 0). One call stores a batch of results in
+# order. Store time comes from the server's clock, like the key expiry it must match.
 _STORE_LUA = """
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last = tonumber(redis.call('GET', KEYS[4]) or '0')
-local score = string.format('%.0f', math.max(now_us, last + 1))
-local ttl_ms = tonumber(ARGV[2])
-local attempt = tonumber(ARGV[3])
-redis.call('SET', KEYS[4], score)
+local score = math.max(now_us, tonumber(redis.call('GET', KEYS[2]) or '0') + 1)
+local ttl_ms = tonumber(ARGV[1])
 if ttl_ms > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('(%.0f', now_us - ttl_ms * 1000))
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl_ms)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now_us - ttl_ms * 1000))
 end
-redis.call('ZADD', KEYS[2], attempt, ARGV[3])
-if ttl_ms > 0 then
-  redis.call('PEXPIRE', KEYS[2], ttl_ms)
-else
-  redis.call('PERSIST', KEYS[2])
-end
-redis.call('ZADD', KEYS[3], score, ARGV[4])
-local top = redis.call('ZREVRANGE', KEYS[2], 0, 0)[1]
-if tonumber(top) == attempt then
-  redis.call('DEL', KEYS[5])
-  if ARGV[5] == '1' then
-    redis.call('RPUSH', KEYS[5], '1')
-    if ttl_ms > 0 then
-      redis.call('PEXPIRE', KEYS[5], ttl_ms)
+for j = 0, (#KEYS - 2) / 3 - 1 do
+  local result, attempts, done = KEYS[3 + j * 3], KEYS[4 + j * 3], KEYS[5 + j * 3]
+  local data, number = ARGV[2 + j * 4], ARGV[3 + j * 4]
+  local attempt = tonumber(number)
+  if ttl_ms > 0 then
+    redis.call('SET', result, data, 'PX', ttl_ms)
+  else
+    redis.call('SET', result, data)
+  end
+  redis.call('ZADD', attempts, attempt, number)
+  if ttl_ms > 0 then
+    redis.call('PEXPIRE', attempts, ttl_ms)
+  else
+    redis.call('PERSIST', attempts)
+  end
+  redis.call('ZADD', KEYS[1], string.format('%.0f', score), ARGV[4 + j * 4])
+  score = score + 1
+  local top = redis.call('ZREVRANGE', attempts, 0, 0)[1]
+  if tonumber(top) == attempt then
+    redis.call('DEL', done)
+    if ARGV[5 + j * 4] == '1' then
+      redis.call('RPUSH', done, '1')
+      if ttl_ms > 0 then
+        redis.call('PEXPIRE', done, ttl_ms)
+      end
     end
   end
 end
+redis.call('SET', KEYS[2], string.format('%.0f', score - 1))
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """One result waiting for its store script call: its keys and arguments."""
+
+    result: str
+    attempts: str
+    done: str
+    data: bytes
+    attempt: str
+    member: str
+    final: str
 
 
 class RedisResultBackend(ResultBackend):
@@ -161,6 +186,11 @@ class RedisResultBackend(ResultBackend):
         self._store_script: AsyncScript = self._client.register_script(_STORE_LUA)
         self._blocked: set[asyncio.Future[Any]] = set()
         self._tag = "{" + prefix + "}"
+        self._index, self._seq = self._key("index"), self._key("seq")
+        self._ttl_ms = 0 if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
+        self._stores: Batcher[_Store, None] = Batcher(
+            self._store_batch, max_batch=_STORE_BATCH, max_in_flight=1
+        )
         self._closed = False
 
     def _check_open(self) -> None:
@@ -175,9 +205,10 @@ class RedisResultBackend(ResultBackend):
     async def store(self, result: TaskResult) -> None:
         """Keep `result` for the time to live, replacing an earlier store of the same attempt.
 
-        The result is stored once this returns, and waiters on every host are woken. The
-        same script removes index entries past the time to live. If cancelled, the script
-        runs or not as a whole.
+        The result is stored once this returns, and waiters on every host are woken. Stores
+        made at the same time share one script call (the same script removes index entries
+        past the time to live). If cancelled before that call goes out, nothing is stored;
+        after, the result may be stored.
 
         Raises:
             SerializationError: The result's value cannot be encoded; nothing is stored.
@@ -187,17 +218,28 @@ class RedisResultBackend(ResultBackend):
         self._check_open()
         data = result.to_bytes()
         task_id, attempt = result.task_id, str(result.attempt)
-        ttl_ms = 0 if self.ttl_s is None else max(1, math.ceil(self.ttl_s * 1000))
-        keys = [
-            self._key("result", task_id, attempt),
-            self._key("attempts", task_id),
-            self._key("index"),
-            self._key("seq"),
-            self._key("done", task_id),
-        ]
-        args: list[Any] = [data, ttl_ms, attempt, f"{task_id}:{attempt}", int(result.is_final)]
+        await self._stores.submit(
+            _Store(
+                result=self._key("result", task_id, attempt),
+                attempts=self._key("attempts", task_id),
+                done=self._key("done", task_id),
+                data=data,
+                attempt=attempt,
+                member=f"{task_id}:{attempt}",
+                final="1" if result.is_final else "0",
+            )
+        )
+
+    async def _store_batch(self, stores: list[_Store]) -> list[None]:
+        """Store `stores` in order, in one script call."""
+        keys = [self._index, self._seq]
+        args: list[Any] = [self._ttl_ms]
+        for store in stores:
+            keys += (store.result, store.attempts, store.done)
+            args += (store.data, store.attempt, store.member, store.final)
         async with self._talking():
             await self._store_script(keys=keys, args=args)
+        return [None] * len(stores)
 
     async def results(self, *, limit: int | None = None) -> list[TaskResult]:
         """Every unexpired result, newest stored first (at most `limit`).
@@ -371,6 +413,9 @@ class RedisResultBackend(ResultBackend):
         if self._closed:
             return
         self._closed = True
+        # Stores already accepted are sent before the connections go.
+        with contextlib.suppress(Exception):
+            await self._stores.drain()
         blocked = list(self._blocked)
         for command in blocked:
             command.cancel()

@@ -14,6 +14,11 @@ Why it is built this way (design/DELIVERY.md, sections 0 and 3.2):
 * An entry leaves its stream only by ``XACK`` plus ``XDEL`` in the same script. Task streams
   are never trimmed (``MAXLEN``/``XTRIM`` drops unacked entries silently,
   https://github.com/redis/redis/issues/10756).
+* A round trip costs far more than one task's share of a script, so concurrent acks, and
+  concurrent small sends, share one script call (`looplane._redis_batch`); each ack still
+  checks its own token. A watcher pipelines a claim behind its blocking read: Redis runs it
+  the moment the read returns, so a task sent to an idle worker reaches it one round trip
+  after the send, not two.
 
 Layout for queue ``q`` under prefix ``P`` (``P:{q}:`` below is written ``K:``):
 
@@ -49,6 +54,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from looplane._clock import SYSTEM_CLOCK, Clock
+from looplane._redis_batch import Batcher
 from looplane.config import mask_url_in, redact_url
 from looplane.errors import ConfigError, StorageError, StorageUnavailable
 from looplane.storage.base import (
@@ -93,6 +99,12 @@ _POOL_WAIT_S = 30.0
 _BELL_LENGTH = 16
 # Connection retries (with backoff) before a call raises `StorageUnavailable`.
 _RETRIES = 5
+# Most acks one script call carries.
+_ACK_BATCH = 200
+# `enqueue` calls of at most this many tasks share script calls with concurrent ones, at
+# most this many calls in one.
+_SEND_COALESCE = 10
+_SEND_BATCH = 50
 
 _STATE_CODES = {
     TaskState.READY: "r",
@@ -204,7 +216,9 @@ ring()
 return added
 """,
     # ARGV[A..] = limit, default lease ms, grace ms, consumer name.
-    # Returns {claims, ms until the next due delay or lease expiry (-1: none), bell id, drained}.
+    # Returns {claims, ms until the next due delay or lease expiry (-1: none), bell id, drained};
+    # claims is flat, three items per task: "token attempt max lease_ms", id, payload (few
+    # items parse faster on the client than a nested reply).
     "claim": """
 if stale() then return -1 end
 local limit, lease_default = tonumber(ARGV[A]), tonumber(ARGV[A + 1])
@@ -231,11 +245,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', NOW, 'LIMIT', 0
     end
   end
 end
-local out = {}
+local out, taken = {}, 0
 for i = 1, NPRIOS do
   local key = KEYS[9 + i]
-  while #out < limit do
-    local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', limit - #out,
+  while taken < limit do
+    local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', limit - taken,
       'STREAMS', key, '>')
     if not reply then break end
     for _, entry in ipairs(reply[1][2]) do
@@ -249,7 +263,10 @@ for i = 1, NPRIOS do
         m.s = 'l'; m.d = NOW + lease
         save(id, m)
         redis.call('ZADD', KEYS[6], m.d, id)
-        out[#out + 1] = {id, m.k, m.a, m.m, lease, redis.call('HGET', KEYS[2], id)}
+        taken = taken + 1
+        out[#out + 1] = m.k .. ' ' .. m.a .. ' ' .. m.m .. ' ' .. lease
+        out[#out + 1] = id
+        out[#out + 1] = redis.call('HGET', KEYS[2], id)
       else
         -- An entry whose task moved on (a duplicate send, an external change): drop it.
         redis.call('XACK', key, GROUP, eid)
@@ -294,15 +311,23 @@ for j = A + 2, #ARGV, 2 do
 end
 return res
 """,
-    # ARGV[A..] = task id, token.
+    # ARGV[A..] = pairs of task id and token. Returns one character per pair: 1 (acked) or
+    # 0 (lease lost).
     "ack": """
 if stale() then return -1 end
-local id = ARGV[A]
-local m = held(id, ARGV[A + 1])
-if not m then return 0 end
-let_go(id, m)
-forget(id)
-return 1
+local res = {}
+for j = A, #ARGV, 2 do
+  local id = ARGV[j]
+  local m = held(id, ARGV[j + 1])
+  if m then
+    let_go(id, m)
+    forget(id)
+    res[#res + 1] = '1'
+  else
+    res[#res + 1] = '0'
+  end
+end
+return table.concat(res)
 """,
     # ARGV[A..] = task id, token, delay ms, 1 to count the attempt or 0 to give it back.
     "release": """
@@ -520,6 +545,15 @@ class RedisStorage(StorageBackend):
         self._bell_seen: dict[str, str] = {}
         self._next_due: dict[str, float] = {}
         self._reads: set[asyncio.Task[bool]] = set()
+        self._claim_limits: dict[str, int] = {}
+        self._stash: dict[str, list[Claim]] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        self._acks: Batcher[tuple[str, str, str], bool] = Batcher(
+            self._ack_batch, max_batch=_ACK_BATCH
+        )
+        self._sends: Batcher[Sequence[NewTask], None] = Batcher(
+            self._send_batch, max_batch=_SEND_BATCH
+        )
         self._closed = False
 
     # Plumbing -----------------------------------------------------------------------------
@@ -593,8 +627,21 @@ class RedisStorage(StorageBackend):
 
         Tasks of several queues are stored queue by queue, so a cancelled or failed call may
         have stored the tasks of some queues and not others. A task id already stored is
-        skipped.
+        skipped. Small calls made at the same time (concurrent `send`s) share one script
+        call; if cancelled before it goes out, nothing is stored.
         """
+        self._check_open()
+        if len(tasks) <= _SEND_COALESCE:
+            await self._sends.submit(tasks)
+        else:
+            await self._store_tasks(tasks)
+
+    async def _send_batch(self, calls: list[Sequence[NewTask]]) -> list[None]:
+        """Store the tasks of several `enqueue` calls together."""
+        await self._store_tasks([task for tasks in calls for task in tasks])
+        return [None] * len(calls)
+
+    async def _store_tasks(self, tasks: Sequence[NewTask]) -> None:
         by_queue: dict[str, list[NewTask]] = {}
         for task in tasks:
             by_queue.setdefault(task.queue, []).append(task)
@@ -619,32 +666,54 @@ class RedisStorage(StorageBackend):
             self._known_queues.add(queue)
 
     async def claim(self, limit: int, *, queue: str = "default") -> list[Claim]:
-        """Lease up to `limit` tasks; see `StorageBackend.claim`."""
+        """Lease up to `limit` tasks; see `StorageBackend.claim`.
+
+        Tasks a watcher's read already leased for this storage (see `watch`) are returned
+        first, without a round trip.
+        """
         if limit < 1:
             self._check_open()
             return []
+        self._check_open()
         self._claimed_queues[queue] = None
+        self._claim_limits[queue] = limit
+        # Tasks being given back are claimable again once that is done: wait for it.
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        stashed = self._stash.pop(queue, None)
+        if stashed:
+            # More than asked for would wait here leased but unrenewed: give them back.
+            self.give_back(stashed[limit:])
+            return stashed[:limit]
+        return self._accept(queue, await self._run("claim", queue, *self._claim_args(limit)))
+
+    def _claim_args(self, limit: int) -> list[Any]:
         lease_ms, grace_ms = _ms(self.default_lease_s), _ms(LEASE_GRACE_S)
-        out, next_due, bell, drained = await self._run(
-            "claim", queue, limit, lease_ms, grace_ms, self.consumer_name
-        )
+        return [limit, lease_ms, grace_ms, self.consumer_name]
+
+    def _accept(self, queue: str, reply: list[Any]) -> list[Claim]:
+        """The claims of a claim script's `reply`; notes when to look and listen again."""
+        out, next_due, bell, drained = reply
         now = self.clock.monotonic()
         self._next_due[queue] = float("inf") if next_due < 0 else now + next_due / 1000
         if drained:
             # Every ready task was taken: a later change rings after this bell id. A claim
             # that left work behind does not move it, so its watcher still wakes for that.
             self._bell_seen[queue] = _text(bell)
-        return [
-            Claim(
-                task_id=_text(task_id),
-                token=f"{_text(counter)}:{queue}".encode(),
-                attempt=int(attempt),
-                max_attempts=int(most),
-                lease_s=int(lease) / 1000,
-                payload=bytes(payload),
+        claims = []
+        for at in range(0, len(out), 3):
+            counter, attempt, most, lease = _text(out[at]).split()
+            claims.append(
+                Claim(
+                    task_id=_text(out[at + 1]),
+                    token=f"{counter}:{queue}".encode(),
+                    attempt=int(attempt),
+                    max_attempts=int(most),
+                    lease_s=int(lease) / 1000,
+                    payload=bytes(out[at + 2]),
+                )
             )
-            for task_id, counter, attempt, most, lease, payload in out
-        ]
+        return claims
 
     async def renew(self, claims: Sequence[Claim]) -> list[bool]:
         """Extend leases, one script per queue; see `StorageBackend.renew`."""
@@ -672,8 +741,30 @@ class RedisStorage(StorageBackend):
         return bool(await self._run(script, queue, claim.task_id, counter, *args) == 1)
 
     async def ack(self, claim: Claim) -> bool:
-        """Remove the task (``XACK`` and ``XDEL`` together); see `StorageBackend.ack`."""
-        return await self._on_claim("ack", claim)
+        """Remove the task (``XACK`` and ``XDEL`` together); see `StorageBackend.ack`.
+
+        Acks made at the same time share one script call per queue, each checked against
+        its own token. If cancelled before that call goes out, nothing changes; after, the
+        task may be acked.
+        """
+        self._check_open()
+        held = self._held_queue(claim)
+        if held is None:
+            return False
+        return await self._acks.submit((held[0], claim.task_id, held[1]))
+
+    async def _ack_batch(self, acks: list[tuple[str, str, str]]) -> list[bool]:
+        """Ack ``(queue, task id, counter)`` triples, one script call per queue."""
+        by_queue: dict[str, list[int]] = {}
+        for index, (queue, _, _) in enumerate(acks):
+            by_queue.setdefault(queue, []).append(index)
+        done = [False] * len(acks)
+        for queue, indexes in by_queue.items():
+            pairs = [part for i in indexes for part in acks[i][1:]]
+            answers = _text(await self._run("ack", queue, *pairs))
+            for i, answer in zip(indexes, answers, strict=True):
+                done[i] = answer == "1"
+        return done
 
     async def release(
         self, claim: Claim, *, delay_s: float = 0.0, count_attempt: bool = True
@@ -796,15 +887,77 @@ class RedisStorage(StorageBackend):
         queues = list(self._claimed_queues) or ["default"]
         return {q: self._bell_seen.get(q, "0-0") for q in queues}
 
-    async def read_bells(self, after: dict[str, str], block_ms: int) -> dict[str, str]:
-        """Block up to `block_ms` for bell entries newer than `after`; the newest seen."""
+    async def read_bells(
+        self, after: dict[str, str], block_ms: int
+    ) -> tuple[dict[str, str], list[Claim]]:
+        """Block up to `block_ms` for bell entries newer than `after`; the newest seen.
+
+        When one queue is watched, a claim follows the blocking read in the same pipeline:
+        Redis runs it as soon as the read returns, so a task sent to an idle worker is
+        leased to it one round trip after the send instead of two. Its claims come back
+        too; `wake` hands them to the next `claim`.
+        """
         streams: dict[KeyT, StreamIdT] = {self.key(q, "bell"): v for q, v in after.items()}
-        reply: Any = await self._blocking.xread(streams, count=1, block=block_ms)
+        queue = next(iter(after)) if len(after) == 1 else None
+        limit = self._claim_limits.get(queue, 0) if queue is not None else 0
+        prios = self._prios.get(queue) if queue is not None else None
+        if queue is None or not limit or prios is None or not self._server_time:
+            reply: Any = await self._blocking.xread(streams, count=1, block=block_ms)
+            return self._newest_bells(reply), []
+        # The claim is sent as it stands now: with a fake clock its time would be stale by
+        # the time the read returns, so only the server's clock pipelines it.
+        script = self._scripts["claim"]
+        # A queue never sent to has no priorities yet; its first send most likely uses 0.
+        prios = prios or ["0"]
+        argv = ["", len(prios), *prios, *self._claim_args(limit)]
+        keys = self._keys(queue, prios)
+        pipe = self._blocking.pipeline(transaction=False)
+        # The pipeline queues commands; it returns itself, not replies, until `execute`.
+        _ = pipe.xread(streams, count=1, block=block_ms)
+        _ = pipe.evalsha(script.sha, len(keys), *keys, *argv)
+        reply, claimed = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        # A claim refused (its script not loaded yet, priorities changed: -1) leased
+        # nothing; the consumer's own claim after the wake-up does the work.
+        claims = [] if isinstance(claimed, Exception | int) else self._accept(queue, claimed)
+        return self._newest_bells(reply), claims
+
+    def _newest_bells(self, reply: Any) -> dict[str, str]:
         newest: dict[str, str] = {}
         for key, entries in reply or []:
             queue = _text(key)[len(self.queue_prefix) + 2 : -len("}:bell")]
             newest[queue] = _text(entries[-1][0])
         return newest
+
+    def wake(self, claims: list[Claim]) -> None:
+        """Keep `claims` (leased by a watcher's read) for the next `claim` of their queue."""
+        for claim in claims:
+            held = self._held_queue(claim)
+            if held is not None:
+                self._stash.setdefault(held[0], []).append(claim)
+
+    def give_back(self, claims: list[Claim]) -> None:
+        """Release `claims` in the background without counting their attempts."""
+        for claim in claims:
+            job = asyncio.ensure_future(self._give_back(claim))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _give_back(self, claim: Claim) -> None:
+        try:
+            await self.release(claim, count_attempt=False)
+        except StorageError as exc:
+            logger.warning(
+                "give-back failed, the task runs again once its lease ends task_id=%s error=%s",
+                claim.task_id,
+                exc,
+            )
+
+    def drop_stash(self, queues: Collection[str]) -> None:
+        """Give back what watchers leased for `queues` and no claim took."""
+        for queue in queues:
+            self.give_back(self._stash.pop(queue, []))
 
     def start_read(self, read: asyncio.Task[bool]) -> None:
         """Track a watcher's read so that `close` can end it."""
@@ -815,12 +968,19 @@ class RedisStorage(StorageBackend):
         """Close both connection pools; idempotent. Watchers' reads in flight are ended."""
         if self._closed:
             return
-        self._closed = True
         # Cancelling a blocked read would leave its connection a reply behind (pitfall 18),
-        # but that connection is being thrown away with its pool here.
+        # but that connection is being thrown away with its pool here. Redis drops the
+        # claim pipelined behind a read whose client went away, so it leases nothing.
         for read in list(self._reads):
             read.cancel()
         await asyncio.gather(*self._reads, return_exceptions=True)
+        # Sends, acks and give-backs already accepted are made before calls are refused.
+        self.drop_stash(list(self._stash))
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._sends.drain()
+        await self._acks.drain()
+        self._closed = True
         await self._redis.aclose()
         await self._blocking.aclose()
 
@@ -846,13 +1006,17 @@ class _RedisWatcher(Watcher):
 
     Each read runs as a task of its own and `wait` awaits it through a shield: cancelling
     `wait` leaves the read to finish by itself (within ``_BLOCK_S``), and the next `wait`
-    picks up its answer.
+    picks up its answer. Tasks a read leased go to the next `claim` only while a `wait`
+    is under way; otherwise (a cancelled wait, a closed watcher) they are given back at
+    once, so no task sits leased in this process without a consumer about to take it.
     """
 
     def __init__(self, storage: RedisStorage) -> None:
         self._storage = storage
         self._last: dict[str, str] = {}
         self._read: asyncio.Task[bool] | None = None
+        self._waiting = False
+        self._closed = False
         self._warned = False
 
     def _after(self) -> dict[str, str]:
@@ -864,7 +1028,7 @@ class _RedisWatcher(Watcher):
 
     async def _read_once(self, block_ms: int) -> bool:
         try:
-            newest = await self._storage.read_bells(self._after(), block_ms)
+            newest, claims = await self._storage.read_bells(self._after(), block_ms)
         except Exception as exc:  # noqa: BLE001 - a failed wake-up read must not end the wait loop
             if not self._warned:
                 logger.warning("watch read failed error=%s", type(exc).__name__)
@@ -873,7 +1037,11 @@ class _RedisWatcher(Watcher):
             return True
         self._warned = False
         self._last.update(newest)
-        return bool(newest)
+        if self._waiting and not self._closed:
+            self._storage.wake(claims)
+        else:
+            self._storage.give_back(claims)
+        return bool(newest or claims)
 
     async def wait(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -888,9 +1056,18 @@ class _RedisWatcher(Watcher):
                 self._storage.start_read(self._read)
             # asyncio.wait never cancels the read: one still blocked when this wait times out
             # or is cancelled is picked up by the next wait.
-            done, _ = await asyncio.wait({self._read}, timeout=max(remaining, 0))
+            self._waiting = True
+            try:
+                done, _ = await asyncio.wait({self._read}, timeout=max(remaining, 0))
+            finally:
+                self._waiting = False
             if not done:
                 return
             read, self._read = self._read, None
             if read.result():
                 return
+
+    def close(self) -> None:
+        """Stop handing leased tasks over; give back those no claim took yet."""
+        self._closed = True
+        self._storage.drop_stash(list(self._storage.watched()))

@@ -8,9 +8,10 @@ import sys
 import time
 import traceback
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from redis.commands.core import AsyncScript
 
 from looplane.errors import ConfigError, StorageError, StorageUnavailable, TaskTimeout
 from looplane.result.base import DEFAULT_RESULT_TTL_S, TaskResult
@@ -293,3 +294,42 @@ async def test_redis_more_concurrent_stores_than_connections_wait_for_one(
     ]
     await asyncio.gather(*(backend.store(result) for result in results))
     assert len(await backend.results()) == 200
+
+
+@pytest.mark.redis
+async def test_redis_concurrent_stores_share_one_script_call_in_call_order(
+    open_redis: Callable[..., RedisResultBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = open_redis()
+    calls: list[int] = []
+    call = AsyncScript.__call__
+
+    async def counting(script: AsyncScript, keys: Any = None, args: Any = None) -> Any:
+        calls.append(len(keys))
+        return await call(script, keys, args)
+
+    monkeypatch.setattr(AsyncScript, "__call__", counting)
+    ids = [new_id() for _ in range(20)]
+
+    await asyncio.gather(
+        *(backend.store(make_result(task_id, value=i)) for i, task_id in enumerate(ids))
+    )
+
+    assert calls == [2 + 3 * 20]
+    assert [r.task_id for r in await backend.results()] == ids[::-1]
+    assert [(await backend.wait(task_id, timeout=1)).value for task_id in ids] == list(range(20))
+
+
+@pytest.mark.redis
+async def test_redis_store_cancelled_before_its_call_stores_nothing(
+    open_redis: Callable[..., RedisResultBackend],
+) -> None:
+    backend = open_redis()
+    task_id = new_id()
+    storing = asyncio.ensure_future(backend.store(make_result(task_id, value=1)))
+    await asyncio.sleep(0)
+    storing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await storing
+
+    assert await backend.get(task_id) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from looplane.storage import NewTask, QueueCounts
 from looplane.storage.redis import _SCRIPTS, RedisStorage
 from looplane.task import new_task_id
 from tests._rig import drop_redis_prefix
-from tests.conftest import REDIS_MARKS, REDIS_URL
+from tests.conftest import REDIS_MARKS, REDIS_URL, eventually
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -315,3 +316,148 @@ async def test_storage_and_results_survive_dropped_connections(
     finally:
         await storage.close()
         await results.close()
+
+
+# Coalesced calls and leases handed over by a watcher's read --------------------------------
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, storage: RedisStorage) -> dict[str, int]:
+    """Count the script calls `storage` makes through its scripts, by script name."""
+    calls: dict[str, int] = {}
+    names = {id(script): name for name, script in storage._scripts.items()}
+    call = AsyncScript.__call__
+
+    async def counting(script: AsyncScript, keys: Any = None, args: Any = None) -> Any:
+        if (name := names.get(id(script))) is not None:
+            calls[name] = calls.get(name, 0) + 1
+        return await call(script, keys, args)
+
+    monkeypatch.setattr(AsyncScript, "__call__", counting)
+    return calls
+
+
+async def test_concurrent_acks_share_one_script_call_and_each_checks_its_token(
+    open_storage: Callable[..., RedisStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage()
+    await storage.enqueue([new_task() for _ in range(3)])
+    first, second, third = await storage.claim(3)
+    stale = dataclasses.replace(second, token=b"1:default")
+    calls = count_calls(monkeypatch, storage)
+
+    acked = await asyncio.gather(
+        storage.ack(first), storage.ack(stale), storage.ack(third), storage.ack(first)
+    )
+
+    assert list(acked) == [True, False, True, False]
+    assert calls == {"ack": 1}
+    assert await storage.counts() == QueueCounts(leased=1)
+
+
+async def test_concurrent_sends_share_one_script_call(
+    open_storage: Callable[..., RedisStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage()
+    await storage.enqueue([new_task()])
+    calls = count_calls(monkeypatch, storage)
+
+    await asyncio.gather(*(storage.enqueue([new_task()]) for _ in range(15)))
+
+    assert calls == {"enqueue": 1}
+    assert await storage.counts() == QueueCounts(ready=16)
+
+
+async def test_cancelled_ack_that_was_not_sent_changes_nothing(
+    open_storage: Callable[..., RedisStorage],
+) -> None:
+    storage = open_storage()
+    await storage.enqueue([new_task()])
+    [claim] = await storage.claim(1)
+    acking = asyncio.ensure_future(storage.ack(claim))
+    await asyncio.sleep(0)
+    acking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await acking
+
+    assert await storage.counts() == QueueCounts(leased=1)
+    assert await storage.ack(claim)
+
+
+async def test_watcher_read_leases_a_task_sent_to_an_idle_consumer(
+    open_storage: Callable[..., RedisStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim rides behind the blocking read, so the wake-up brings the task along."""
+    consumer_side, producer_side = open_storage(), open_storage()
+    assert await consumer_side.claim(10) == []
+    calls = count_calls(monkeypatch, consumer_side)
+    with contextlib.closing(consumer_side.watch()) as watcher:
+        waiting = asyncio.ensure_future(watcher.wait(30))
+        await asyncio.sleep(0.05)
+
+        await producer_side.enqueue([new_task()])
+        await asyncio.wait_for(waiting, timeout=10)
+
+        [claim] = await consumer_side.claim(10)
+    assert calls == {}
+    assert claim.attempt == 1
+    assert await consumer_side.counts() == QueueCounts(leased=1)
+    assert await consumer_side.ack(claim)
+
+
+async def test_claim_gives_back_what_a_watcher_leased_beyond_its_limit(
+    open_storage: Callable[..., RedisStorage],
+) -> None:
+    consumer_side, producer_side = open_storage(), open_storage()
+    assert await consumer_side.claim(10) == []
+    with contextlib.closing(consumer_side.watch()) as watcher:
+        waiting = asyncio.ensure_future(watcher.wait(30))
+        await asyncio.sleep(0.05)
+        await producer_side.enqueue([new_task() for _ in range(3)])
+        await asyncio.wait_for(waiting, timeout=10)
+
+        assert len(await consumer_side.claim(1)) == 1
+
+    async def two_ready_again() -> None:
+        assert await producer_side.counts() == QueueCounts(ready=2, leased=1)
+
+    await eventually(two_ready_again)
+    assert [c.attempt for c in await producer_side.claim(10)] == [1, 1]
+
+
+async def test_watcher_gives_back_what_its_read_leased_after_the_wait_ended(
+    open_storage: Callable[..., RedisStorage],
+) -> None:
+    """A read that outlives its wait must not keep tasks leased to nobody."""
+    consumer_side, producer_side = open_storage(), open_storage()
+    assert await consumer_side.claim(10) == []
+    with contextlib.closing(consumer_side.watch()) as watcher:
+        await watcher.wait(0.05)
+
+        await producer_side.enqueue([new_task()])
+
+        async def ready_again() -> None:
+            assert await producer_side.counts() == QueueCounts(ready=1)
+
+        await eventually(ready_again)
+    [claim] = await producer_side.claim(10)
+    assert claim.attempt == 1
+
+
+async def test_closing_a_watcher_gives_back_what_no_claim_took(
+    open_storage: Callable[..., RedisStorage],
+) -> None:
+    consumer_side, producer_side = open_storage(), open_storage()
+    assert await consumer_side.claim(10) == []
+    watcher = consumer_side.watch()
+    waiting = asyncio.ensure_future(watcher.wait(30))
+    await asyncio.sleep(0.05)
+    await producer_side.enqueue([new_task()])
+    await asyncio.wait_for(waiting, timeout=10)
+
+    watcher.close()
+
+    async def ready_again() -> None:
+        assert await producer_side.counts() == QueueCounts(ready=1)
+
+    await eventually(ready_again)
+    assert [c.attempt for c in await producer_side.claim(10)] == [1]
