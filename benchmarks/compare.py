@@ -11,17 +11,23 @@ rep 1 runs A B C ..., rep 2 runs A B C ..., and so on, so that a slow spell of t
 machine hits every system alike. ``results.json`` (raw) and ``report.md`` (medians, ranges,
 Looplane's ratios to each peer, the goals of the issue) go to ``--out``.
 
-Redis: only databases 1-7 of ``--redis`` are used, each flushed before a call; the rest belong
-to users, tests and other jobs on this server.
+Redis: only databases 1-7 of ``--redis`` are used, each flushed before and after a call; the
+rest belong to users, tests and other jobs on this server, so a URL naming a database is refused.
+
+Stopping: SIGTERM, SIGINT or SIGHUP to this script stops the call in progress (its child
+stops its workers), empties the Redis databases, removes the temporary work dir and writes
+a report of the calls that finished, marked as interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,10 +41,35 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
 from peers import _report  # noqa: E402 - needs the path above
+from peers._support import (  # noqa: E402 - needs the path above
+    REDIS_DBS,
+    Stopped,
+    parent_death_hook,
+    redis_db_url,
+    redis_url_problem,
+    stop_on_signals,
+    url_db,
+)
 from peers.base import WORKLOADS, System  # noqa: E402 - needs the path above
 
-REDIS_DBS = range(1, 8)
-"""The only Redis databases this script may flush."""
+KNOWN_SYSTEMS = {
+    "looplane_systems": (
+        "looplane-memory",
+        "looplane-lmdb",
+        "looplane-lmdb-relaxed",
+        "looplane-redis",
+    ),
+    "huey_systems": ("huey-sqlite", "huey-memory", "huey-redis"),
+    "arq_systems": ("arq-redis", "arq-redis-fast"),
+    "saq_systems": ("saq-redis",),
+    "streaq_systems": ("streaq-redis",),
+    "taskiq_systems": ("taskiq-memory", "taskiq-redis"),
+    "dramatiq_systems": ("dramatiq-redis",),
+}
+"""The systems of each ``peers`` module, to name them when the module cannot be imported."""
+
+STOP_CHILD_S = 40.0
+"""How long a stopped call may take to stop its workers before it is killed."""
 
 CALL_TIMEOUT_S = 900.0
 """Longest one call may take; growth calls that load a backlog get `LOAD_TIMEOUT_S`."""
@@ -173,7 +204,10 @@ def discover() -> tuple[list[type[System]], dict[str, str]]:
         try:
             module = importlib.import_module(f"peers.{path.stem}")
         except ImportError as exc:
-            skipped[path.stem] = f"cannot import: {exc}"
+            missing = (exc.name or "").split(".")[0] or str(exc)
+            reason = f"cannot import {missing} (pip install -e '.[bench]')"
+            for name in KNOWN_SYSTEMS.get(path.stem, (path.stem,)):
+                skipped[name] = reason
             continue
         for system in getattr(module, "SYSTEMS", []):
             reason = system.unavailable()
@@ -188,7 +222,12 @@ def discover() -> tuple[list[type[System]], dict[str, str]]:
 
 
 def child_main(spec: dict[str, Any]) -> None:
-    """Run one workload call and print its outcome as one JSON line."""
+    """Run one workload call and print its outcome as one JSON line.
+
+    SIGTERM or SIGINT unwinds the call through its ``finally`` blocks, which stop the
+    workers, and still cleans the storage.
+    """
+    stop_on_signals()
     module = importlib.import_module(spec["module"])
     system_class = next(s for s in module.SYSTEMS if s.name == spec["system"])
     system = system_class(workdir=spec["workdir"], redis_url=spec["redis_url"])
@@ -197,11 +236,19 @@ def child_main(spec: dict[str, Any]) -> None:
     except NotImplementedError as exc:
         outcome = {"unsupported": str(exc) or "not supported"}
     except Exception as exc:  # noqa: BLE001 - reported to the runner, which carries on
-        outcome = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        outcome = {"error": one_line(exc), "traceback": traceback.format_exc()}
+    except Stopped as exc:
+        outcome = {"error": one_line(exc), "stopped": True}
     finally:
         if not spec.get("keep"):
             system.cleanup()
     print(json.dumps(outcome), flush=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message, for a table cell."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _call(system: System, spec: dict[str, Any]) -> dict[str, Any]:
@@ -231,15 +278,24 @@ class Runner:
 
     def redis_url(self, system: type[System]) -> str:
         """The system's own database; systems off Redis get one too, and must ignore it."""
-        return f"{self.redis_base}/{self.dbs.get(system.name, REDIS_DBS[-1])}"
+        return redis_db_url(self.redis_base, self.dbs.get(system.name, REDIS_DBS[-1]))
 
     def reset(self, system: type[System]) -> None:
         """Give `system` an empty work dir and, on Redis, an empty database."""
         workdir = self.workdir(system)
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
+        self.flush(system)
+
+    def flush(self, system: type[System]) -> None:
+        """Empty the Redis database of `system`, if it has one."""
         if system.name in self.dbs:
-            _flush_redis(self.redis_base, self.dbs[system.name])
+            _flush_redis(self.redis_url(system))
+
+    def flush_all(self) -> None:
+        """Empty every Redis database of this run (at its end, or when it is stopped)."""
+        for db in sorted(set(self.dbs.values())):
+            _flush_redis(redis_db_url(self.redis_base, db))
 
     def call(
         self,
@@ -262,37 +318,89 @@ class Runner:
             "redis_url": self.redis_url(system),
             "keep": keep,
         }
-        return _run_child(spec, timeout_s)
+        try:
+            return _run_child(spec, timeout_s)
+        finally:
+            # Leave nothing behind without an expiry, unless the backlog is kept on purpose.
+            if not keep:
+                self.flush(system)
 
 
 def _run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run one call in a child interpreter; a stop or timeout stops the child in order."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f}s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=parent_death_hook(),  # the runner starts no threads
+    ) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop_child(child)
+            return {"error": f"TimeoutError: call timed out after {timeout_s:.0f}s"}
+        except BaseException:
+            _stop_child(child)
+            raise
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
-        return {"error": f"exit {done.returncode}, no outcome: {done.stderr[-2000:]}"}
+        last = (stderr.strip().splitlines() or ["(no output)"])[-1]
+        error = f"ChildFailed: exit {child.returncode}, no outcome: {last[:200]}"
+        return {"error": error, "traceback": stderr[-4000:]}
     outcome: dict[str, Any] = json.loads(lines[-1])
     return outcome
 
 
-def _flush_redis(base: str, db: int) -> None:
-    """Empty database `db` of the server at `base` (1-7 only), if the driver is installed."""
+def _stop_child(child: subprocess.Popen[str]) -> None:
+    """SIGTERM the child (it stops its workers), then SIGKILL it after `STOP_CHILD_S`."""
+    with contextlib.suppress(ProcessLookupError):
+        child.terminate()
+    try:
+        child.communicate(timeout=STOP_CHILD_S)
+    except subprocess.TimeoutExpired:
+        # Its workers get SIGTERM from the kernel when it dies (see peers._support).
+        child.kill()
+        child.communicate()
+
+
+def _flush_redis(url: str) -> None:
+    """Empty the database of `url` (1-7 only), if the driver is installed and Redis is up."""
+    db = url_db(url)
     if db not in REDIS_DBS:
-        raise ValueError(f"refusing to flush Redis database {db}: only 1-7 are ours")
+        raise ValueError(f"refusing to flush Redis database {db} of {url}: only 1-7 are ours")
     try:
         import redis
     except ImportError:  # pragma: no cover - only systems without Redis can run then
         return
-    client = redis.Redis.from_url(f"{base}/{db}")
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
     try:
+        if client.connection_pool.connection_kwargs.get("db", 0) != db:
+            raise ValueError(f"refusing to flush {url}: redis-py reads another database")
         client.flushdb()
-    except redis.ConnectionError:
+    except redis.RedisError:
         pass
     finally:
         client.close()
+
+
+def redis_problem(base: str) -> str | None:
+    """Why the Redis server at `base` cannot serve this run, or None when it answers."""
+    try:
+        import redis
+    except ImportError:
+        return "cannot import redis (pip install -e '.[bench]')"
+    client = redis.Redis.from_url(
+        redis_db_url(base, REDIS_DBS[0]), socket_timeout=3, socket_connect_timeout=3
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"Redis at {base} unreachable ({one_line(exc)})"
+    finally:
+        client.close()
+    return None
 
 
 def assign_dbs(systems: list[type[System]]) -> dict[str, int]:
@@ -311,6 +419,12 @@ def run_measurement(
 ) -> None:
     """All reps of one measurement, alternating between systems within each rep."""
     active = [s for s in systems if supports(s, measurement)]
+    for system in systems:
+        if system not in active:
+            reason = "the queue lives in one process: no worker in another"
+            record = {"measurement": measurement.key, "system": system.name, "rep": 1}
+            runner.records.append({**record, "unsupported": reason, "skipped": True})
+            print(f"  [{measurement.key}] {system.name}: not supported: {reason}", flush=True)
     is_growth = measurement.key.startswith("growth-")
     for rep in range(1, reps + 1):
         for system in list(active):
@@ -362,50 +476,115 @@ def collect_info(runner: Runner, systems: list[type[System]]) -> dict[str, Any]:
 # Command line.
 
 
+def _epilog() -> str:
+    names = [name for group in KNOWN_SYSTEMS.values() for name in group]
+    return (
+        f"systems: {', '.join(names)}\n"
+        f"workloads: {', '.join(WORKLOADS)}\n\n"
+        "--quick: only the drain workload, of 1,000 tasks (not 20,000), one worker process at\n"
+        "concurrency 20 (not 20 and 50, one and two processes), on Looplane's systems and\n"
+        f"{', '.join(s for s in QUICK_SYSTEMS if not s.startswith('looplane'))}; with\n"
+        "--workloads also: enqueue 1,000 single and 5,000 batched (not 5,000 and 20,000),\n"
+        "pickup for 2 s (not 5 s), growth 2,000 tasks on 1,000 and 20,000 waiting (not 10,000\n"
+        "on 1,000, 100,000 and 1,000,000). Quick figures are too noisy for verdicts."
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts, under 2 minutes")
+    """The options; exits 2 with a message on a bad one."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts (see below), < 2 min")
     parser.add_argument("--systems", help="comma-separated system names (default: all)")
     parser.add_argument("--workloads", help=f"comma-separated, of {','.join(WORKLOADS)}")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
-    parser.add_argument("--out", type=Path, help="report directory")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="server, no db")
+    parser.add_argument(
+        "--out", type=Path, help="report directory (default: benchmarks/results/<UTC time>/)"
+    )
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379",
+        help="the server, without a database: the run uses databases 1-7 (default %(default)s)",
+    )
     parser.add_argument("--workdir", type=Path, help="where work dirs go (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.child:
+        return args
+    problem = redis_url_problem(args.redis)
+    if problem:
+        parser.error(problem)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: give a directory")
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        parser.error(f"--workdir {args.workdir} is a file: give a directory")
+    args.error = parser.error
+    return args
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated names, lower-cased, without empty items or repeats."""
+    return list(dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip()))
 
 
 def choose(args: argparse.Namespace) -> tuple[list[type[System]], dict[str, str], list[str]]:
     """The systems and workloads this run covers, and the reasons systems are out."""
     systems, skipped = discover()
     if args.systems:
-        wanted = set(args.systems.split(","))
-        unknown = wanted - {s.name for s in systems} - set(skipped)
+        wanted = _names(args.systems)
+        valid = [s.name for s in systems] + list(skipped)
+        unknown = [name for name in wanted if name not in valid]
         if unknown:
-            raise SystemExit(f"unknown systems: {', '.join(sorted(unknown))}")
+            args.error(f"unknown systems: {', '.join(unknown)}; valid: {', '.join(valid)}")
         systems = [s for s in systems if s.name in wanted]
+        skipped = {name: why for name, why in skipped.items() if name in wanted}
     elif args.quick:
         systems = [s for s in systems if s.name in QUICK_SYSTEMS]
+        skipped = {name: why for name, why in skipped.items() if name in QUICK_SYSTEMS}
     if args.workloads:
-        workloads = args.workloads.split(",")
-        bad = set(workloads) - set(WORKLOADS)
+        workloads = _names(args.workloads)
+        bad = [name for name in workloads if name not in WORKLOADS]
         if bad:
-            raise SystemExit(f"unknown workloads: {', '.join(sorted(bad))}")
+            args.error(f"unknown workloads: {', '.join(bad)}; valid: {', '.join(WORKLOADS)}")
     else:
         workloads = list(QUICK_WORKLOADS if args.quick else WORKLOADS)
     return systems, skipped, workloads
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_redis(
+    args: argparse.Namespace, systems: list[type[System]], skipped: dict[str, str]
+) -> tuple[list[type[System]], bool]:
+    """Skip the Redis systems when the server does not answer; whether Redis is up."""
+    if not any(s.storage == "redis" for s in systems):
+        return systems, False
+    problem = redis_problem(args.redis)
+    if problem is None:
+        return systems, True
+    for system in systems:
+        if system.storage == "redis":
+            skipped[system.name] = problem
+    return [s for s in systems if s.storage != "redis"], False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; the exit status is 0 only if every call succeeded."""
     args = parse_args(argv)
     if args.child:
         child_main(json.loads(args.child))
-        return
-    if args.reps < 1:
-        raise SystemExit("--reps must be at least 1")
+        return 0
+    stop_on_signals()
     systems, skipped, workloads = choose(args)
+    systems, redis_up = check_redis(args, systems, skipped)
     for name, reason in skipped.items():
-        print(f"skipped {name}: {reason}")
+        print(f"{name}: skipped: {reason}")
+    if not systems:
+        print("nothing to run", file=sys.stderr)
+        return 2
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or BENCHMARKS_DIR / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -419,24 +598,53 @@ def main(argv: list[str] | None = None) -> None:
         skipped=skipped,
         redis_dbs=runner.dbs,
     )
-    run.machine = _report.machine(args.redis, when="before")
+    redis_url = redis_db_url(runner.redis_base, REDIS_DBS[0]) if redis_up else None
     print(f"systems: {', '.join(s.name for s in systems)}; workloads: {', '.join(workloads)}")
-    run.system_info = collect_info(runner, systems)
+    if args.quick:
+        print(_report.QUICK_NOTE)
     measurements = plan(QUICK if args.quick else FULL, workloads)
     try:
+        run.machine = _report.machine(redis_url, when="before")
+        run.system_info = collect_info(runner, systems)
         for measurement in measurements:
             print(f"{measurement.title}", flush=True)
             run_measurement(runner, measurement, systems, args.reps)
+    except Stopped as exc:
+        run.interrupted = f"{exc}"
+        print(f"{exc}: stopping", file=sys.stderr, flush=True)
     finally:
-        run.machine.update(_report.machine(args.redis, when="after"))
-        run.measurements = [dataclasses.asdict(m) for m in measurements]
-        run.records = runner.records
-        _report.write(run, out)
-        if args.workdir is None:
-            shutil.rmtree(workroot, ignore_errors=True)
+        _finish(runner, run, measurements, out, own_workroot=args.workdir is None)
     print((out / "report.md").read_text())
     print(f"written: {out / 'results.json'}, {out / 'report.md'}")
+    return _exit_status(run)
+
+
+def _finish(
+    runner: Runner,
+    run: _report.Run,
+    measurements: list[Measurement],
+    out: Path,
+    *,
+    own_workroot: bool,
+) -> None:
+    """Empty the Redis databases, remove the temporary work dir and write the report."""
+    runner.flush_all()
+    if own_workroot:
+        shutil.rmtree(runner.workroot, ignore_errors=True)
+    run.machine.update(_report.machine(None, when="after"))
+    run.measurements = [dataclasses.asdict(m) for m in measurements]
+    run.records = runner.records
+    _report.write(run, out)
+
+
+def _exit_status(run: _report.Run) -> int:
+    failed = _report.failed_calls(run)
+    if failed:
+        print(f"{failed} call(s) failed: see the report and results.json", file=sys.stderr)
+    if run.interrupted:
+        return 128 + signal.SIGTERM if "SIGTERM" in run.interrupted else 130
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -51,6 +51,24 @@ class Run:
     system_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     measurements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    interrupted: str | None = None
+    """Why the run stopped early (``stopped by SIGTERM``), or None when it ran to the end."""
+
+
+QUICK_NOTE = (
+    "Quick mode: the figures are too noisy for verdicts (small counts on a shared machine); "
+    "the goals below are indicative only. Judge the goals on a full run."
+)
+
+
+def calls_made(run: Run) -> int:
+    """Calls that ran (or began to), not counting systems left out of a measurement."""
+    return sum(1 for record in run.records if not record.get("skipped"))
+
+
+def failed_calls(run: Run) -> int:
+    """Calls that ended in an error (not counting unsupported ones)."""
+    return sum(1 for record in run.records if "error" in record)
 
 
 def describe(system: type[System]) -> dict[str, Any]:
@@ -67,8 +85,11 @@ def describe(system: type[System]) -> dict[str, Any]:
 # Machine facts.
 
 
-def machine(redis_base: str, *, when: str) -> dict[str, Any]:
-    """The load now; with ``when="before"`` also the CPU, OS, Python, packages and Redis."""
+def machine(redis_url: str | None, *, when: str) -> dict[str, Any]:
+    """The load now; with ``when="before"`` also the CPU, OS, Python, packages and Redis.
+
+    `redis_url` is one of the run's databases, or None when no Redis system runs.
+    """
     facts: dict[str, Any] = {f"loadavg_{when}": Path("/proc/loadavg").read_text().split()[:3]}
     if when != "before":
         return facts
@@ -78,7 +99,7 @@ def machine(redis_base: str, *, when: str) -> dict[str, Any]:
         kernel=f"{platform.system()} {platform.release()} {platform.machine()}",
         python=sys.version.split()[0],
         packages=_versions(),
-        redis=_redis_facts(redis_base),
+        redis=_redis_facts(redis_url) if redis_url else {},
     )
     return facts
 
@@ -100,12 +121,12 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _redis_facts(base: str) -> dict[str, Any]:
-    """Version and persistence settings of the Redis server (read from database 1)."""
+def _redis_facts(url: str) -> dict[str, Any]:
+    """Version and persistence settings of the Redis server at `url` (one of the run's dbs)."""
     try:
         import redis
 
-        client: Any = redis.Redis.from_url(f"{base}/1", decode_responses=True)
+        client: Any = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
         try:
             facts: dict[str, Any] = {"version": client.info("server")["redis_version"]}
             for key in ("appendonly", "appendfsync", "save"):
@@ -114,7 +135,7 @@ def _redis_facts(base: str) -> dict[str, Any]:
         finally:
             client.close()
     except Exception as exc:  # noqa: BLE001 - a report without Redis facts still helps
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": _cell(f"{type(exc).__name__}: {exc}")}
 
 
 # Figures.
@@ -162,6 +183,8 @@ def tables(run: Run) -> list[Table]:
     for measurement in run.measurements:
         key, count = measurement["key"], measurement["count"]
         records = [r for r in run.records if r["measurement"] == key]
+        if not records:
+            continue  # never reached (an interrupted run)
         if measurement["workload"] == "pickup":
             for label, index in (("p50", 0), ("p99", 1)):
                 figures = _figures(records, lambda r, i=index: percentiles(r["latencies_ms"])[i])
@@ -206,10 +229,17 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
 
 
+def _cell(text: str, limit: int = 120) -> str:
+    """`text` as one Markdown table cell: its first line, no pipes, at most `limit` chars."""
+    lines = str(text).strip().splitlines() or ["?"]
+    first = lines[0].replace("|", "/")
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 def _table_md(table: Table, families: dict[str, str]) -> list[str]:
-    lines = [f"### {table.title}", ""]
     better = "higher" if table.higher_is_better else "lower"
-    lines += [f"| system | median {table.unit} | min - max | reps ({better} is better) |"]
+    lines = [f"### {table.title}", "", f"{table.unit}, {better} is better.", ""]
+    lines += [f"| system | median {table.unit} | min - max | reps |"]
     lines += ["|---|---|---|---|"]
     ranked = sorted(table.figures.items(), key=lambda item: _rank_key(table, item[1]))
     for name, figure in ranked:
@@ -218,11 +248,12 @@ def _table_md(table: Table, families: dict[str, str]) -> list[str]:
             span = (
                 f"{_fmt(min(figure.values), table.unit)} - {_fmt(max(figure.values), table.unit)}"
             )
-            lines.append(
-                f"| {shown} | {_fmt(figure.median, table.unit)} | {span} | {len(figure.values)} |"
-            )
+            reps = str(len(figure.values))
+            if figure.errors:
+                reps += f" ({len(figure.errors)} failed: {_cell(figure.errors[0], 60)})"
+            lines.append(f"| {shown} | {_fmt(figure.median, table.unit)} | {span} | {reps} |")
         else:
-            lines.append(f"| {shown} | - | {figure.errors[0][:90]} | 0 |")
+            lines.append(f"| {shown} | - | {_cell(figure.errors[0])} | 0 |")
     lines.append("")
     return lines + _ratios_md(table, families)
 
@@ -254,22 +285,36 @@ def _machine_md(run: Run) -> list[str]:
     facts = run.machine
     redis = facts.get("redis", {})
     packages = ", ".join(f"{k} {v}" for k, v in facts.get("packages", {}).items())
+    reps = f"{run.reps} repetition" + ("s alternating between systems" if run.reps > 1 else "")
+    if run.interrupted:
+        done = f"**interrupted** ({run.interrupted}) after {_calls(calls_made(run))}"
+    else:
+        done = _calls(calls_made(run))
     return [
-        f"- Run {run.started}, **{run.mode} mode**, {run.reps} repetitions alternating between "
-        "systems; each call in a fresh interpreter.",
+        f"- Run {run.started}, **{run.mode} mode**, {reps}; {done}, each in a fresh interpreter.",
         f"- Machine: {facts.get('cpu')}, {facts.get('cores')} cores, {facts.get('kernel')}; "
         f"load average before {' '.join(facts.get('loadavg_before', []))}, after "
         f"{' '.join(facts.get('loadavg_after', []))}.",
         f"- Python {facts.get('python')}; {packages}.",
-        f"- Redis {redis.get('version')}: appendonly {redis.get('appendonly')}, appendfsync "
-        f"{redis.get('appendfsync')}, save '{redis.get('save')}'; databases {run.redis_dbs}.",
+        _redis_md(redis, run.redis_dbs),
     ]
+
+
+def _redis_md(redis: dict[str, Any], dbs: dict[str, int]) -> str:
+    if not redis:
+        return "- Redis: not used (no Redis system ran or Redis was unreachable)."
+    if "error" in redis:
+        return f"- Redis: facts unavailable ({redis['error']})."
+    return (
+        f"- Redis {redis.get('version')}: appendonly {redis.get('appendonly')}, appendfsync "
+        f"{redis.get('appendfsync')}, save '{redis.get('save')}'; databases {dbs}."
+    )
 
 
 def _info_md(run: Run) -> list[str]:
     lines = ["## Settings per system", ""]
     for name, info in run.system_info.items():
-        shown = "; ".join(f"{k}: {v}" for k, v in info.items())
+        shown = "; ".join(f"{k}: {_cell(v, 300)}" for k, v in info.items())
         lines.append(f"- **{name}**: {shown}")
     for name, reason in run.skipped.items():
         lines.append(f"- {name}: skipped ({reason})")
@@ -281,10 +326,22 @@ def markdown(run: Run) -> str:
     families = {s["name"]: s["family"] for s in run.systems}
     storage_of = {s["name"]: s["storage"] for s in run.systems}
     found = tables(run)
-    lines = ["# Looplane and its peers, side by side", "", *_machine_md(run), ""]
+    lines = ["# Looplane and its peers, side by side", ""]
+    if run.interrupted:
+        lines += [
+            f"**Interrupted after {_calls(calls_made(run))}** ({run.interrupted}): the figures "
+            "cover only the calls that finished; measurements that never ran are left out.",
+            "",
+        ]
+    failed = failed_calls(run)
+    if failed:
+        lines += [f"**{failed} call(s) failed**: see the tables; tracebacks in results.json.", ""]
+    lines += [*_machine_md(run), ""]
     lines += _info_md(run)
     lines += ["## Goals of the issue (this run's ratios)", ""]
-    lines += goals_md(found, storage_of)
+    if run.mode == "quick":
+        lines += [QUICK_NOTE, ""]
+    lines += goals_md(found, storage_of, quick=run.mode == "quick")
     lines += ["## Figures", ""]
     for table in found:
         lines += _table_md(table, families)
@@ -421,11 +478,17 @@ def _scaling_goals(found: dict[str, Table]) -> list[Goal]:
     return goals_found
 
 
-def goals_md(found: list[Table], storage_of: dict[str, str]) -> list[str]:
-    """The goals as a table with PASS / FAIL."""
-    lines = ["| goal | this run | target | verdict |", "|---|---|---|---|"]
+def goals_md(found: list[Table], storage_of: dict[str, str], *, quick: bool = False) -> list[str]:
+    """The goals as a table with PASS / FAIL (marked indicative only in quick mode)."""
+    verdict = "indicative only (quick mode)" if quick else "verdict"
+    lines = [f"| goal | this run | target | {verdict} |", "|---|---|---|---|"]
     for goal in goals(found, storage_of):
         sign = "<=" if goal.at_most else ">="
         figure = "-" if math.isnan(goal.figure) else f"{goal.figure:.2f}"
-        lines.append(f"| {goal.text} | {figure} | {sign} {goal.target:g} | {goal.verdict} |")
+        shown = goal.verdict.lower() if quick else goal.verdict
+        lines.append(f"| {goal.text} | {figure} | {sign} {goal.target:g} | {shown} |")
     return [*lines, ""]
+
+
+def _calls(count: int) -> str:
+    return f"{count} call" + ("" if count == 1 else "s")

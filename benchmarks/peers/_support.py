@@ -2,20 +2,25 @@
 
 Worker processes run in a session of their own with their output in a log file in the
 system's work dir: a pipe nobody reads would fill up and stall a worker that logs every task.
+A session of their own keeps a Ctrl-C on the terminal from reaching them before the system
+stops them in order; so that a killed parent cannot leave them running, each asks the kernel
+(Linux) for SIGTERM when its parent dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +30,88 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
 
 STOP_GRACE_S = 15.0
 """How long a worker may take to stop after SIGINT before its session is killed."""
+
+
+REDIS_DBS = range(1, 8)
+"""The only Redis databases the benchmark may use and flush; the rest belong to others."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why `url` cannot be the benchmark's server address (it names a database), or None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"--redis {url!r}: expected redis://host:port"
+    if parts.scheme != "unix" and parts.path.strip("/"):
+        return f"--redis {url!r} names database {parts.path.strip('/')!r}: give the server only"
+    if "db" in urllib.parse.parse_qs(parts.query):
+        return f"--redis {url!r} names a database (db=): give the server only"
+    return None
+
+
+def redis_db_url(base: str, db: int) -> str:
+    """The URL of database `db` (1-7 only) on the server at `base` (which names none)."""
+    if db not in REDIS_DBS:
+        raise ValueError(f"refusing Redis database {db}: only 1-7 are the benchmark's")
+    problem = redis_url_problem(base)
+    if problem:
+        raise ValueError(problem)
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme == "unix":
+        query = urllib.parse.urlencode([("db", str(db))])
+        return urllib.parse.urlunsplit(parts._replace(query=query))
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def url_db(url: str) -> int:
+    """The database number a Redis URL selects, as redis-py reads it (0 when none)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    if "db" in query:
+        return int(query["db"][0])
+    path = parts.path.strip("/")
+    return int(path) if parts.scheme != "unix" and path else 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived: unwind through every ``finally`` and stop the workers."""
+
+
+def stop_on_signals() -> None:
+    """Turn the first SIGTERM, SIGINT or SIGHUP into `Stopped`; ignore later ones.
+
+    Later signals are ignored so that they cannot cut short the cleanup the first one
+    started (stopping workers, removing files); a parent that loses patience kills us.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        for other in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
+def parent_death_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking for SIGTERM when the parent dies (Linux only; else None).
+
+    The C library is looked up here, in the parent: the hook runs between fork and exec,
+    where only async-signal-safe work belongs.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent_pid = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        # The parent may have died before the call: then nobody would send the signal.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return hook
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -52,6 +139,9 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Workers are started from the main thread before any other runs, so the hook
+            # cannot meet a lock held by another thread.
+            preexec_fn=parent_death_hook(),
         )
 
     def log_text(self) -> str:

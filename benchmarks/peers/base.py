@@ -57,7 +57,7 @@ class System(ABC):
     def __init__(self, *, workdir: str, redis_url: str) -> None:
         # workdir: an empty directory of this system's own (SQLite or LMDB files go there).
         # redis_url: a Redis database of this system's own (e.g. redis://127.0.0.1:6379/3),
-        # flushed before each workload; systems on other storage ignore it.
+        # flushed before and after each workload; systems on other storage ignore it.
         self.workdir = workdir
         self.redis_url = redis_url
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 if importlib.util.find_spec("huey") is None:
     # Raised at import, so that without Huey the runner skips this module with the reason.
-    raise ImportError("huey is not installed (pip install 'looplane[bench]')")
+    raise ModuleNotFoundError("huey is not installed", name="huey")
 
 
 class _Huey(System):

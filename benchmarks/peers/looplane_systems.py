@@ -96,7 +96,7 @@ class _Looplane(System):
         found = {
             "looplane": looplane.__version__,
             "storage": self.backend,
-            "worker": "looplane worker CLI (log level INFO, one line per attempt)",
+            "worker": self._worker_info(),
             "send": f"send_batch of {BATCH} (drain, growth); send (pickup)",
         }
         if self.backend == "lmdb":
@@ -105,6 +105,18 @@ class _Looplane(System):
         if self.backend == "redis":
             found["redis-py"] = metadata.version("redis")
         return found
+
+    def _worker_info(self) -> str:
+        """What runs the tasks, as `_workers` starts it."""
+        if not self.cross_process:
+            return (
+                "app.run_worker in the producer's process (no CLI, no second process), "
+                "at the workload's concurrency; the library sets no log handler"
+            )
+        return (
+            "looplane worker CLI in its own process (-c C, -p P; log level INFO, one line "
+            "per attempt)"
+        )
 
     # Workloads: each runs its own event loop in this (fresh) interpreter.
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 if importlib.util.find_spec("taskiq") is None:
     # Raised at import, so that without taskiq the runner skips this module with the reason.
-    raise ImportError("taskiq is not installed (pip install 'looplane[bench]')")
+    raise ModuleNotFoundError("taskiq is not installed", name="taskiq")
 
 CONCURRENT_SENDS = 100
 """``kiq()`` calls in flight at once when sending many tasks (taskiq has no batch send)."""
