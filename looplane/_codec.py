@@ -23,7 +23,17 @@ from typing import Any
 
 from looplane.errors import SerializationError
 
-__all__ = ["TAG", "dump_text", "dumps", "encode", "loads", "text_of", "time_text", "type_name"]
+__all__ = [
+    "TAG",
+    "dump_text",
+    "dumps",
+    "encode",
+    "loads",
+    "quote",
+    "text_of",
+    "time_text",
+    "type_name",
+]
 
 TAG = "__lp__"
 
@@ -191,8 +201,8 @@ dump_text = _ENCODER.encode
 """Compact ASCII JSON text of plain JSON values (the output of `encode`), as `json.dumps`."""
 
 
-# The quoting json.dumps(ensure_ascii=True) applies to every string.
-_quote = json.encoder.encode_basestring_ascii
+quote = json.encoder.encode_basestring_ascii
+"""The JSON text of a string, quoted as ``json.dumps(ensure_ascii=True)`` quotes it."""
 
 
 def text_of(value: Any, path: str) -> str:
@@ -206,7 +216,7 @@ def text_of(value: Any, path: str) -> str:
     """
     kind = type(value)
     if kind is str:
-        return _quote(value)
+        return quote(value)
     if value is None:
         return "null"
     if value is True:
@@ -220,13 +230,18 @@ def text_of(value: Any, path: str) -> str:
     return dump_text(encode(value, path))
 
 
-# The last datetime `time_text` wrote, and its text: every task of a received batch has the
-# same `fetched_at` object. One tuple, replaced whole, so threads never see half an update.
+# The last datetime `time_text` was asked to remember, and its text: every task of a
+# received batch has the same `fetched_at` object. One tuple, replaced whole, so threads
+# never see half an update.
 _last_time: tuple[datetime | None, str] = (None, "null")
 
 
-def time_text(value: Any, path: str) -> str:
-    """`text_of` for a value that is almost always a datetime or None (result timestamps)."""
+def time_text(value: Any, path: str, *, remember: bool = True) -> str:
+    """`text_of` for a value that is almost always a datetime or None (result timestamps).
+
+    With ``remember=False`` the text is not kept for the next call: a timestamp that never
+    repeats (a start or finish time) then leaves the last repeating one (`fetched_at`) in place.
+    """
     global _last_time
     last, text = _last_time
     if value is last:
@@ -234,7 +249,8 @@ def time_text(value: Any, path: str) -> str:
     if type(value) is datetime:
         # isoformat() writes only ASCII digits and punctuation: nothing to escape.
         text = '{"' + TAG + '":"datetime","v":"' + value.isoformat() + '"}'
-        _last_time = (value, text)
+        if remember:
+            _last_time = (value, text)
         return text
     return dump_text(encode(value, path))
 
@@ -262,6 +278,20 @@ def loads(data: bytes | str) -> Any:
     Raises:
         SerializationError: The bytes are not valid encoded JSON.
     """
+    # The usual call decodes text that Looplane wrote, with no whitespace around the record:
+    # a raw decode that ends at the end of the text is the whole answer. Anything else
+    # (bytes, a failed or partial decode) takes the full path, which names any error.
+    if type(data) is str and not data.startswith("\ufeff"):
+        try:
+            value, end = _DECODER.raw_decode(data)
+        except (ValueError, RecursionError):
+            return _loads(data)
+        if end == len(data):
+            return value
+    return _loads(data)
+
+
+def _loads(data: bytes | str) -> Any:
     try:
         if isinstance(data, bytes | bytearray):
             # What json.loads does with bytes: guess the UTF flavour, keep lone surrogates.

@@ -40,7 +40,7 @@ from looplane.errors import (
 )
 from looplane.log import task_log
 from looplane.result.base import ResultBackend, TaskResult
-from looplane.task import Task, TaskContext, TaskFunction, TaskRegistry, registry, set_current_task
+from looplane.task import Task, TaskFunction, TaskRegistry, _enter_task, registry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -219,18 +219,28 @@ class Orchestrator:
 
     def _spawn(self, task: Task) -> None:
         key = delivery_key(task)
-        runner = asyncio.create_task(self._process(task), name=f"looplane-task-{task.id}")
+        runner = asyncio.create_task(self._run(key, task), name=f"looplane-task-{task.id}")
         self._running[key] = _Running(task, runner)
-        runner.add_done_callback(functools.partial(self._on_done, key))
 
-    def _on_done(self, key: tuple[str, int], runner: asyncio.Task[None]) -> None:
+    async def _run(self, key: tuple[str, int], task: Task) -> None:
+        # The runner frees its own slot as it ends: a done callback would cost one more turn
+        # of the loop per task. A runner cancelled before its first step never runs this
+        # body, so `_interrupt` adds that callback to the runners it cancels.
+        try:
+            await self._process(task)
+        except Exception:  # pragma: no cover - _process records every failure of the task
+            logger.exception("task runner crashed task_id=%s", key[0])
+        finally:
+            self._forget(key)
+
+    def _forget(self, key: tuple[str, int], _runner: object = None) -> None:
         running = self._running.pop(key, None)
-        if running is not None and running.recording:
+        if running is None:
+            return
+        if running.recording:
             self._recording -= 1
         self.finished += 1
         self._slot_free.set()
-        if not runner.cancelled() and runner.exception() is not None:  # pragma: no cover
-            logger.error("task runner crashed task_id=%s", key[0], exc_info=runner.exception())
 
     # Running one task ---------------------------------------------------------------------
 
@@ -278,17 +288,16 @@ class Orchestrator:
         )
         return True
 
-    async def _execute(self, entry: TaskFunction, task: Task) -> Any:
-        set_current_task(
-            TaskContext(
-                task_id=task.id, name=task.name, attempt=task.attempt, max_retries=task.max_retries
-            )
-        )
+    def _execute(self, entry: TaskFunction, task: Task) -> Awaitable[Any]:
+        # A plain function that hands back the awaitable, not a coroutine around it: one
+        # frame less per task. Whatever the call raises, the caller's await catches the same.
+        _enter_task(task)
         if not entry.is_async:
-            return await self._execute_in_thread(entry, task)
+            return self._execute_in_thread(entry, task)
+        call: Awaitable[Any] = entry.func(*task.args, **task.kwargs)
         if task.timeout is None:
-            return await entry.func(*task.args, **task.kwargs)
-        return await self._with_timeout(task, entry.func(*task.args, **task.kwargs))
+            return call
+        return self._with_timeout(task, call)
 
     async def _with_timeout(self, task: Task, call: Awaitable[Any]) -> Any:
         assert task.timeout is not None
@@ -625,6 +634,7 @@ class Orchestrator:
             return
         running.interrupted = reason
         running.runner.cancel()
+        running.runner.add_done_callback(functools.partial(self._forget, key))
 
     # Stopping -----------------------------------------------------------------------------
 

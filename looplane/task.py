@@ -382,6 +382,11 @@ def _check_limits(retries: object, timeout: object) -> None:
         )
 
 
+# The random part keeps 74 of its 80 bits: the version nibble and the variant bits are fixed.
+_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
+_LAYOUT_BITS = (0x7 << 76) | (0x2 << 62)  # version 7, RFC 4122 variant
+
+
 def new_task_id() -> str:
     """A fresh task id: 32 hex digits of a time-ordered UUID (version 7 layout).
 
@@ -389,10 +394,18 @@ def new_task_id() -> str:
     random. Ids sent close together sort close together, so storage that keys records by
     task id touches a few B-tree pages per commit instead of one page per task.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return f"{value:032x}"
+    noise = int.from_bytes(os.urandom(10), "big") & _RANDOM_BITS
+    return f"{(time.time_ns() // 1_000_000) << 80 | _LAYOUT_BITS | noise:032x}"
+
+
+def new_task_ids(count: int) -> list[str]:
+    """`count` fresh task ids in `new_task_id`'s layout, from one read of the random source."""
+    base = (time.time_ns() // 1_000_000) << 80 | _LAYOUT_BITS
+    noise = os.urandom(10 * count)
+    return [
+        f"{base | (int.from_bytes(noise[i : i + 10], 'big') & _RANDOM_BITS):032x}"
+        for i in range(0, 10 * count, 10)
+    ]
 
 
 @dataclass(slots=True)
@@ -448,7 +461,9 @@ class TaskContext:
         return self.attempt >= self.max_retries + 1
 
 
-_current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("looplane_task")
+# The running task's context, or the task itself: the orchestrator sets the task, and its
+# context is built only when the task function asks for it (most never do).
+_current: contextvars.ContextVar[TaskContext | Task] = contextvars.ContextVar("looplane_task")
 
 
 def current_task() -> TaskContext:
@@ -458,11 +473,21 @@ def current_task() -> TaskContext:
         LookupError: Called outside a running task.
     """
     try:
-        return _current.get()
+        value = _current.get()
     except LookupError:
         raise LookupError("current_task() was called outside a running task") from None
+    if isinstance(value, TaskContext):
+        return value
+    return TaskContext(
+        task_id=value.id, name=value.name, attempt=value.attempt, max_retries=value.max_retries
+    )
 
 
-def set_current_task(context: TaskContext) -> contextvars.Token[TaskContext]:
-    """Make `context` the current task for this coroutine (used by the orchestrator)."""
+def set_current_task(context: TaskContext) -> contextvars.Token[TaskContext | Task]:
+    """Make `context` the current task for this coroutine."""
     return _current.set(context)
+
+
+def _enter_task(task: Task) -> None:
+    """Make `task` the current task for this coroutine (used by the orchestrator)."""
+    _current.set(task)

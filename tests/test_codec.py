@@ -363,6 +363,7 @@ def test_text_of_writes_what_encoding_the_whole_value_writes(value: Any) -> None
 def test_time_text_writes_what_encoding_the_whole_value_writes(value: Any) -> None:
     expected = _codec.dump_text(_codec.encode(value, "value"))
 
+    assert _codec.time_text(value, "value", remember=False) == expected
     assert _codec.time_text(value, "value") == expected
     # The second call answers from the one-entry cache.
     assert _codec.time_text(value, "value") == expected

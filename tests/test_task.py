@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,6 +21,8 @@ from looplane.task import (
     Task,
     TaskContext,
     current_task,
+    new_task_id,
+    new_task_ids,
     register_task,
     registry,
     set_current_task,
@@ -460,3 +464,15 @@ def test_check_call_of_plain_parameters_checks_count_and_keywords(
     else:
         with pytest.raises(InvalidArguments, match=rf"^task 'lp_test.pair': {error}"):
             entry.check_call(args, kwargs)
+
+
+def test_new_task_ids_are_distinct_time_ordered_uuid7s() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    ids = [*new_task_ids(50), new_task_id()]
+    after_ms = time.time_ns() // 1_000_000
+
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        value = uuid.UUID(hex=text)
+        assert (len(text), value.version, value.variant) == (32, 7, uuid.RFC_4122)
+        assert before_ms <= value.int >> 80 <= after_ms

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from looplane.broker.serializer import JSONSerializer, Serializer
 from looplane.errors import (
@@ -16,7 +17,16 @@ from looplane.errors import (
     TaskNotFound,
 )
 from looplane.storage.base import NewTask, StorageBackend
-from looplane.task import DEFAULT_RETRIES, Backoff, Task, _check_limits, new_task_id, registry
+from looplane.task import (
+    DEFAULT_RETRIES,
+    Backoff,
+    Task,
+    TaskFunction,
+    _check_limits,
+    new_task_id,
+    new_task_ids,
+    registry,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -94,6 +104,78 @@ class Producer(ABC):
         backoff: Backoff | str | None = None,
     ) -> Task:
         """Build the `Task` for one call, with send options over registered options."""
+        known = self._options(func, args, kwargs, retries, timeout, backoff)
+        return Task(
+            id=new_task_id(),
+            name=known.name,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            max_retries=known.retries,
+            timeout=known.timeout,
+            backoff=known.backoff,
+        )
+
+    def _create_tasks(
+        self,
+        calls: Sequence[Any],
+        retries: int | None = None,
+        timeout: float | None = None,
+        backoff: Backoff | str | None = None,
+    ) -> list[Task]:
+        """Build the tasks of a batch as `_create_task` builds each one.
+
+        The tasks share their send time, and each task function's options are resolved once
+        per batch, not once per call: most batches repeat one function.
+
+        Raises:
+            SerializationError, InvalidArguments: A call is refused; the message names its
+                position in a batch of several.
+        """
+        if len(calls) == 1:
+            func, args, kwargs = _unpack(calls[0])
+            return [self._create_task(func, args, kwargs, retries, timeout, backoff)]
+        created_at = datetime.now(UTC)
+        ids = new_task_ids(len(calls))
+        options: dict[Any, _Options] = {}
+        tasks: list[Task] = []
+        try:
+            for call in calls:
+                func, args, kwargs = _unpack(call)
+                known = options.get(func)
+                if known is None:
+                    known = options[func] = self._options(
+                        func, args, kwargs, retries, timeout, backoff
+                    )
+                elif known.entry is not None:
+                    known.entry.check_call(args, kwargs)
+                tasks.append(
+                    Task(
+                        id=ids[len(tasks)],
+                        name=known.name,
+                        args=tuple(args),
+                        kwargs=dict(kwargs),
+                        max_retries=known.retries,
+                        timeout=known.timeout,
+                        backoff=known.backoff,
+                        created_at=created_at,
+                    )
+                )
+        except (SerializationError, InvalidArguments) as exc:
+            if len(calls) == 1:
+                raise
+            raise _in_batch(exc, len(tasks)) from None
+        return tasks
+
+    def _options(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        retries: int | None,
+        timeout: float | None,
+        backoff: Backoff | str | None,
+    ) -> _Options:
+        """Check one call and resolve its options: send options over registered options."""
         _check_limits(retries, timeout)
         name, entry = _resolve(func)
         if entry is not None:
@@ -106,15 +188,7 @@ class Producer(ABC):
             policy = Backoff.parse(backoff)
         else:
             policy = entry.backoff if entry and entry.backoff else self.backoff
-        return Task(
-            id=new_task_id(),
-            name=name,
-            args=tuple(args),
-            kwargs=dict(kwargs),
-            max_retries=retries,
-            timeout=timeout,
-            backoff=policy,
-        )
+        return _Options(name, entry, retries, timeout, policy)
 
     async def close(self) -> None:  # noqa: B027 - producers without resources need nothing
         """Stop sending; further sends raise `BrokerError`."""
@@ -129,6 +203,16 @@ class Producer(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _Options(NamedTuple):
+    """What every call of one task function in a send shares."""
+
+    name: str
+    entry: TaskFunction | None
+    retries: int
+    timeout: float | None
+    backoff: Backoff
 
 
 def _resolve(func: Callable[..., Any] | str) -> tuple[str, Any]:
@@ -205,18 +289,9 @@ class StorageProducer(Producer):
         """Send every call in one storage write; see `Producer.send` for the options."""
         if self._closed:
             raise BrokerError("producer is closed")
-        tasks = []
-        batch = list(calls)
-        try:
-            for call in batch:
-                func, args, kwargs = _unpack(call)
-                task = self._create_task(func, args, kwargs, retries, timeout, backoff)
-                task.queue = self.queue
-                tasks.append(task)
-        except (SerializationError, InvalidArguments) as exc:
-            if len(batch) == 1:
-                raise
-            raise _in_batch(exc, len(tasks)) from None
+        tasks = self._create_tasks(list(calls), retries, timeout, backoff)
+        for task in tasks:
+            task.queue = self.queue
         if sum(_rough_size(t) for t in tasks) > _ENCODE_IN_THREAD_AT:
             records = await asyncio.to_thread(self._encode_all, tasks)
         else:

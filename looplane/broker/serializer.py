@@ -88,10 +88,13 @@ def _usual_task(data: Any) -> Task | None:
     """
     if type(data) is not dict:
         return None
-    get = data.get
-    version, task_id, name, queue = get("v", FORMAT_VERSION), get("id"), get("name"), get("queue")
-    args, kwargs, backoff, created = get("args"), get("kwargs"), get("backoff"), get("created_at")
-    retries, timeout, priority = get("max_retries"), get("timeout"), get("priority")
+    try:
+        task_id, name, queue, args = data["id"], data["name"], data["queue"], data["args"]
+        kwargs, backoff, created = data["kwargs"], data["backoff"], data["created_at"]
+        retries, timeout, priority = data["max_retries"], data["timeout"], data["priority"]
+    except KeyError:
+        return None
+    version = data.get("v", FORMAT_VERSION)
     if not (
         type(version) is int
         and version == FORMAT_VERSION
@@ -114,9 +117,8 @@ def _usual_task(data: Any) -> Task | None:
     ):
         return None
     policy = _backoff(data)
-    try:
-        created_at = datetime.fromisoformat(created)
-    except ValueError:
+    created_at = _read_time(created)
+    if created_at is None:
         return None
     return Task(
         id=task_id,
@@ -130,6 +132,25 @@ def _usual_task(data: Any) -> Task | None:
         priority=priority,
         created_at=created_at,
     )
+
+
+# The tasks of one send share their `created_at`, so a received batch repeats one text: the
+# last text read and its datetime (immutable, so tasks may share it) are kept. One tuple,
+# replaced whole, so threads never see half an update.
+_last_read: tuple[str, datetime | None] = ("", None)
+
+
+def _read_time(text: str) -> datetime | None:
+    global _last_read
+    last_text, last = _last_read
+    if text == last_text:
+        return last
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    _last_read = (text, value)
+    return value
 
 
 def _field(data: dict[str, Any], key: str, kind: type) -> Any:
@@ -273,11 +294,61 @@ def _task_text(task: Task) -> str:
     return (
         f'{{"v":{FORMAT_VERSION},"id":{text_of(task.id, "id")}'
         f',"name":{text_of(task.name, "name")},"args":{args_text},"kwargs":{kwargs_text}'
-        f',"max_retries":{text_of(task.max_retries, "max_retries")}'
-        f',"timeout":{text_of(task.timeout, "timeout")},"backoff":{_backoff_text(task.backoff)}'
-        f',"queue":{text_of(task.queue, "queue")},"priority":{text_of(task.priority, "priority")}'
-        f',"created_at":{text_of(task.created_at.isoformat(), "created_at")}}}'
+        f"{_options_text(task)}"
     )
+
+
+# The fields after the arguments, as the last task wrote them, with the objects they were
+# written from. The tasks of one send share those objects (one options tuple and one send
+# time per task function), so most tasks reuse the text. Identity, not equality: 3 and 3.0
+# are equal but written differently. All are immutable, and the tuple keeps them alive.
+_last_options: tuple[Any, ...] = (*(object() for _ in range(6)), "")
+
+
+def _options_text(task: Task) -> str:
+    global _last_options
+    retries, timeout, backoff, queue, priority, created_at = (
+        task.max_retries,
+        task.timeout,
+        task.backoff,
+        task.queue,
+        task.priority,
+        task.created_at,
+    )
+    last = _last_options
+    if (
+        retries is last[0]
+        and timeout is last[1]
+        and backoff is last[2]
+        and queue is last[3]
+        and priority is last[4]
+        and created_at is last[5]
+    ):
+        text: str = last[6]
+        return text
+    text_of = _codec.text_of
+    text = (
+        f',"max_retries":{text_of(retries, "max_retries")}'
+        f',"timeout":{text_of(timeout, "timeout")},"backoff":{_backoff_text(backoff)}'
+        f',"queue":{text_of(queue, "queue")},"priority":{text_of(priority, "priority")}'
+        f',"created_at":{_time_text(created_at)}}}'
+    )
+    _last_options = (retries, timeout, backoff, queue, priority, created_at, text)
+    return text
+
+
+# The last `created_at` written and its text, by identity: the tasks of one send share it.
+_last_written: tuple[datetime | None, str] = (None, "")
+
+
+def _time_text(value: datetime) -> str:
+    global _last_written
+    last, text = _last_written
+    if value is last:
+        return text
+    text = _codec.text_of(value.isoformat(), "created_at")
+    _last_written = (value, text)
+    return text
 
 
 # The text of each backoff policy in use, by identity (the entry keeps the policy alive, so

@@ -24,6 +24,8 @@ __all__ = ["DEFAULT_RESULT_TTL_S", "ResultBackend", "TaskResult"]
 DEFAULT_RESULT_TTL_S = 86_400.0
 
 _VALUE_PATH = "result['value']"
+# Ints below this in size are written as `repr` writes them, by both encoders.
+_SMALL_INT = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,28 +71,76 @@ class TaskResult:
             SerializationError: `value` holds a type the codec cannot encode.
         """
         if self._encoded is None:
-            # Written field by field: the keys are every init field, in field order (a test
-            # checks it), as encoding them as one dict would write them, at half the cost.
-            text_of, time_text = _codec.text_of, _codec.time_text
-            text = (
-                f'{{"task_id":{text_of(self.task_id, "task_id")}'
-                f',"func_name":{text_of(self.func_name, "func_name")}'
-                f',"success":{text_of(self.success, "success")}'
-                f',"value":{text_of(self.value, _VALUE_PATH)}'
-                f',"error":{text_of(self.error, "error")}'
-                f',"error_type":{text_of(self.error_type, "error_type")}'
-                f',"traceback":{text_of(self.traceback, "traceback")}'
-                f',"attempt":{text_of(self.attempt, "attempt")}'
-                f',"max_retries":{text_of(self.max_retries, "max_retries")}'
-                f',"will_retry":{text_of(self.will_retry, "will_retry")}'
-                f',"duration":{text_of(self.duration, "duration")}'
-                f',"fetched_at":{time_text(self.fetched_at, "fetched_at")}'
-                f',"started_at":{time_text(self.started_at, "started_at")}'
-                f',"finished_at":{time_text(self.finished_at, "finished_at")}}}'
-            )
+            text = self._usual_text()
+            if text is None:
+                text = self._text()
             object.__setattr__(self, "_encoded", text.encode("ascii"))
         assert self._encoded is not None
         return self._encoded
+
+    def _text(self) -> str:
+        # Written field by field: the keys are every init field, in field order (a test
+        # checks it), as encoding them as one dict would write them, at half the cost.
+        text_of, time_text = _codec.text_of, _codec.time_text
+        return (
+            f'{{"task_id":{text_of(self.task_id, "task_id")}'
+            f',"func_name":{text_of(self.func_name, "func_name")}'
+            f',"success":{text_of(self.success, "success")}'
+            f',"value":{text_of(self.value, _VALUE_PATH)}'
+            f',"error":{text_of(self.error, "error")}'
+            f',"error_type":{text_of(self.error_type, "error_type")}'
+            f',"traceback":{text_of(self.traceback, "traceback")}'
+            f',"attempt":{text_of(self.attempt, "attempt")}'
+            f',"max_retries":{text_of(self.max_retries, "max_retries")}'
+            f',"will_retry":{text_of(self.will_retry, "will_retry")}'
+            f',"duration":{text_of(self.duration, "duration")}'
+            f',"fetched_at":{time_text(self.fetched_at, "fetched_at")}'
+            f',"started_at":{time_text(self.started_at, "started_at", remember=False)}'
+            f',"finished_at":{time_text(self.finished_at, "finished_at", remember=False)}}}'
+        )
+
+    def _usual_text(self) -> str | None:
+        # The usual result (text ids, no error, plain counts and a finite duration) is
+        # written without a call per field, in the same text as `_text`; any other returns
+        # None. Exact type tests, because `text_of` writes a subclass's value differently.
+        task_id, func_name, attempt, retries = (
+            self.task_id,
+            self.func_name,
+            self.attempt,
+            self.max_retries,
+        )
+        # Typed as object: the fields may hold anything a caller put there.
+        success: object = self.success
+        will_retry: object = self.will_retry
+        if not (
+            type(task_id) is str
+            and type(func_name) is str
+            and self.error is None
+            and self.error_type is None
+            and self.traceback is None
+            and type(attempt) is int
+            and type(retries) is int
+            and -_SMALL_INT < attempt < _SMALL_INT
+            and -_SMALL_INT < retries < _SMALL_INT
+            and type(self.duration) is float
+            and -math.inf < self.duration < math.inf
+            and type(success) is bool
+            and type(will_retry) is bool
+        ):
+            return None
+        quote, time_text = _codec.quote, _codec.time_text
+        return (
+            f'{{"task_id":{quote(task_id)},"func_name":{quote(func_name)}'
+            f',"success":{"true" if success else "false"}'
+            f',"value":{_codec.text_of(self.value, _VALUE_PATH)}'
+            ',"error":null,"error_type":null,"traceback":null'
+            f',"attempt":{attempt!r},"max_retries":{retries!r}'
+            f',"will_retry":{"true" if will_retry else "false"}'
+            f',"duration":{self.duration!r}'
+            f',"fetched_at":{time_text(self.fetched_at, "fetched_at")}'
+            f',"started_at":{time_text(self.started_at, "started_at", remember=False)}'
+            f',"finished_at":{time_text(self.finished_at, "finished_at", remember=False)}}}'
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskResult:

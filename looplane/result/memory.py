@@ -90,7 +90,8 @@ class InMemoryResultBackend(ResultBackend):
         self._check_open()
         data = result.to_bytes()
         now = self.clock.time()
-        self._sweep(now)
+        if now >= self._sweep_at:
+            self._sweep(now)
 
         expires_at = math.inf if self.ttl_s is None else now + self.ttl_s
         seq = next(self._seq)

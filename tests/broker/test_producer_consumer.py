@@ -115,6 +115,53 @@ async def test_send_batch_stores_every_task_in_one_write(
     await consumer.close()
 
 
+async def test_send_batch_gives_each_function_its_own_options(
+    storage: StorageBackend, echo: TaskFunc, echo_name: str
+) -> None:
+    # A batch resolves each task function's options once; calls of different functions
+    # (by object or by name) must still each get their own.
+    calls: list[Any] = [
+        (echo, (1,), {}),
+        ("tests.broker.elsewhere", (), {}),
+        (echo, (2,), {"k": 3}),
+        (echo_name, (), {}),
+    ]
+
+    sent = await StorageProducer(storage, retries=1).send_batch(calls)
+
+    assert [(t.name, t.max_retries, t.timeout) for t in sent] == [
+        (echo_name, 5, 7),
+        ("tests.broker.elsewhere", 1, None),
+        (echo_name, 5, 7),
+        (echo_name, 5, 7),
+    ]
+    assert [(t.args, t.kwargs) for t in sent] == [((1,), {}), ((), {}), ((2,), {"k": 3}), ((), {})]
+    assert len({t.id for t in sent}) == 4
+    consumer = StorageConsumer(storage)
+    got = await consumer.receive_batch(10, timeout=10)
+    assert [(t.id, t.name, t.args, t.created_at) for t in got] == [
+        (t.id, t.name, t.args, t.created_at) for t in sent
+    ]
+    await consumer.close()
+
+
+async def test_send_batch_checks_every_call_of_a_repeated_function(storage: StorageBackend) -> None:
+    name = f"tests.broker.add.{uuid.uuid4().hex}"
+
+    @register_task(name=name)
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    producer = StorageProducer(storage)
+    try:
+        with pytest.raises(InvalidArguments, match=r"^call 2 of the batch: task '.*'"):
+            await producer.send_batch([(add, (1, 2), {}), (add, (3, 4), {}), (add, (5,), {})])
+    finally:
+        registry.remove(name)
+
+    assert await storage.counts() == QueueCounts()
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "path"),
     [

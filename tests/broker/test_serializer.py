@@ -317,6 +317,26 @@ def test_json_serializer_writes_the_encoded_task_record(task: Task) -> None:
     assert JSONSerializer().serialize(task) == _codec.dump_text(record).encode()
 
 
+def test_json_serializer_writes_each_task_of_a_send_with_its_own_options() -> None:
+    # Tasks of one send share their option objects, and the text written for them is
+    # reused; equal values of another type (3 and 3.0, 1 and True) must not reuse it.
+    created_at = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    shared = Task(id="t1", name="lp_test.task", timeout=3.0, created_at=created_at)
+    tasks = [
+        shared,
+        dataclasses.replace(shared, id="t2"),
+        dataclasses.replace(shared, id="t3", timeout=3),
+        dataclasses.replace(shared, id="t4", priority=True),
+        dataclasses.replace(shared, id="t5", created_at=created_at.replace(microsecond=1)),
+    ]
+    serializer = JSONSerializer()
+
+    for task in tasks:
+        record = task_to_dict(task)
+        record["args"] = _codec.encode(record["args"], "args")
+        assert serializer.serialize(task) == _codec.dump_text(record).encode()
+
+
 @pytest.mark.parametrize(
     ("changes", "dropped"),
     [
