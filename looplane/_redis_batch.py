@@ -7,17 +7,23 @@ here, they go out as one script call that serves them all, and each caller gets 
 answer. Calls that arrive while a round trip is under way wait for the next one, so the
 busier the worker, the larger the batches (group commit), while a lone call still leaves
 in the next loop iteration.
+
+`InFlight` counts the calls under way on a backend's clients, so that `close` closes the
+connections last: a call that passed the backend's open check may still be connecting, or
+reconnecting after a dropped connection, and a connection it opens after its pool was closed
+would never be closed (its socket leaks until the garbage collector finds it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "InFlight"]
 
 ItemT = TypeVar("ItemT")
 AnswerT = TypeVar("AnswerT")
@@ -104,3 +110,38 @@ class Batcher(Generic[ItemT, AnswerT]):
             else:
                 # Every pending item was cancelled, or a start is already scheduled.
                 await asyncio.sleep(0)
+
+
+class InFlight:
+    """Counts the calls under way on a backend's clients; `settle` waits for them to end.
+
+    A backend calls `enter` right after its open check (with no await in between), and
+    `leave` when the call ends. Once `settle` returns, `close` sets `shut` and closes the
+    pools; from then on `leave` tells the last call to end to close the pools again, for
+    whatever connection that call opened after `settle` gave up waiting.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.shut = False
+
+    def enter(self) -> None:
+        """Count one call as under way."""
+        self._count += 1
+        self._idle.clear()
+
+    def leave(self) -> bool:
+        """Count one call as ended; True if it was the last and the pools are already closed."""
+        self._count -= 1
+        if self._count:
+            return False
+        self._idle.set()
+        return self.shut
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for every call under way to end."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()

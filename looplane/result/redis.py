@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import urlsplit
 
 from looplane._clock import SYSTEM_CLOCK, Clock
-from looplane._redis_batch import Batcher
+from looplane._redis_batch import Batcher, InFlight
 from looplane.errors import ConfigError, StorageError, StorageUnavailable
 from looplane.result.base import (
     DEFAULT_RESULT_TTL_S,
@@ -74,6 +74,8 @@ _PAGE = 256
 _PREFIX = re.compile(r"^[^\s{}]+$")
 _STORE_BATCH = 200
 """Most results one store script call carries."""
+_CLOSE_WAIT_S = 5.0
+"""Longest `close` waits for calls under way before it closes the connections under them."""
 
 # KEYS: index, seq, then per result: result, attempts, done. ARGV: ttl_ms (0: never), then
 # per result: data, attempt, member, final (1 or 0). One call stores a batch of results in
@@ -191,6 +193,7 @@ class RedisResultBackend(ResultBackend):
         self._stores: Batcher[_Store, None] = Batcher(
             self._store_batch, max_batch=_STORE_BATCH, max_in_flight=1
         )
+        self._calls = InFlight()
         self._closed = False
 
     def _check_open(self) -> None:
@@ -383,11 +386,15 @@ class RedisResultBackend(ResultBackend):
 
     @contextlib.asynccontextmanager
     async def _talking(self) -> AsyncIterator[None]:
-        """Turn redis-py's errors into Looplane's, naming the server but never its password."""
+        """Turn redis-py's errors into Looplane's, naming the server but never its password.
+
+        Counts the call as under way meanwhile, so that `close` closes its connections last.
+        """
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import RedisError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        self._calls.enter()
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -397,6 +404,11 @@ class RedisResultBackend(ResultBackend):
             raise StorageError(
                 f"Redis at {self.where} refused a result operation: {detail}", backend=self.name
             ) from exc
+        finally:
+            if self._calls.leave():
+                # A call that outlasted `close`: close what it connected.
+                await self._client.connection_pool.disconnect()
+                await self._waiting.connection_pool.disconnect()
 
     def _unavailable(self, exc: Exception) -> NoReturn:
         self._check_open()
@@ -408,7 +420,9 @@ class RedisResultBackend(ResultBackend):
     async def close(self) -> None:
         """Close the connections; later calls are refused.
 
-        Waiters wake and fail with `StorageUnavailable`. Closing twice does nothing.
+        Waiters wake and fail with `StorageUnavailable`. Other calls already under way get
+        up to 5 s to end before their connections are closed; one that outlasts that closes
+        what it connected when it ends. Closing twice does nothing.
         """
         if self._closed:
             return
@@ -421,6 +435,10 @@ class RedisResultBackend(ResultBackend):
             command.cancel()
         # Let the cancelled reads drop their connections before the pool is closed.
         await asyncio.gather(*blocked, return_exceptions=True)
+        # A call past its open check may still be connecting, or reconnecting after a
+        # dropped connection: a connection it opened after the pool was closed would stay open.
+        await self._calls.settle(_CLOSE_WAIT_S)
+        self._calls.shut = True
         await self._waiting.aclose()
         await self._client.aclose()
 

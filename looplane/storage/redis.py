@@ -54,7 +54,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from looplane._clock import SYSTEM_CLOCK, Clock
-from looplane._redis_batch import Batcher
+from looplane._redis_batch import Batcher, InFlight
 from looplane.config import mask_url_in, redact_url
 from looplane.errors import ConfigError, StorageError, StorageUnavailable
 from looplane.storage.base import (
@@ -95,6 +95,9 @@ _BLOCK_S = 2.0
 _BLOCK_SOCKET_TIMEOUT_S = _BLOCK_S + 10.0
 # How long a call waits for a free pooled connection before it fails.
 _POOL_WAIT_S = 30.0
+# How long `close` waits for calls under way (a claim whose caller gave up on it, say)
+# before it closes the connections under them.
+_CLOSE_WAIT_S = 5.0
 # How often the bell stream is cut back; it only carries wake-ups, so trimming loses nothing.
 _BELL_LENGTH = 16
 # Connection retries (with backoff) before a call raises `StorageUnavailable`.
@@ -554,6 +557,7 @@ class RedisStorage(StorageBackend):
         self._sends: Batcher[Sequence[NewTask], None] = Batcher(
             self._send_batch, max_batch=_SEND_BATCH
         )
+        self._calls = InFlight()
         self._closed = False
 
     # Plumbing -----------------------------------------------------------------------------
@@ -582,10 +586,14 @@ class RedisStorage(StorageBackend):
 
     async def _command(self, call: Callable[[Redis], Awaitable[Any]]) -> Any:
         self._check_open()
+        self._calls.enter()
         try:
             return await call(self._redis)
         except (self._redis_error, OSError) as exc:
             raise self._failed(exc) from exc
+        finally:
+            if self._calls.leave():
+                await self._close_late()
 
     async def _load_prios(self, queue: str) -> list[str]:
         raw = await self._command(lambda r: r.zrange(self.key(queue, "prios"), 0, -1))
@@ -604,10 +612,14 @@ class RedisStorage(StorageBackend):
                 prios = await self._load_prios(queue)
             self._check_open()
             argv = [self._now_arg(), len(prios), *prios, *args]
+            self._calls.enter()
             try:
                 result = await self._scripts[script](keys=self._keys(queue, prios), args=argv)
             except (self._redis_error, OSError) as exc:
                 raise self._failed(exc) from exc
+            finally:
+                if self._calls.leave():
+                    await self._close_late()
             if result != _STALE:
                 return result
             prios = await self._load_prios(queue)
@@ -897,6 +909,7 @@ class RedisStorage(StorageBackend):
         leased to it one round trip after the send instead of two. Its claims come back
         too; `wake` hands them to the next `claim`.
         """
+        self._check_open()
         streams: dict[KeyT, StreamIdT] = {self.key(q, "bell"): v for q, v in after.items()}
         queue = next(iter(after)) if len(after) == 1 else None
         limit = self._claim_limits.get(queue, 0) if queue is not None else 0
@@ -965,15 +978,15 @@ class RedisStorage(StorageBackend):
         read.add_done_callback(self._reads.discard)
 
     async def close(self) -> None:
-        """Close both connection pools; idempotent. Watchers' reads in flight are ended."""
+        """Close both connection pools; idempotent. Watchers' reads in flight are ended.
+
+        Calls already under way (a claim whose caller was cancelled, say) get up to 5 s to
+        end first. On return every connection is closed, except one that a call still under
+        way then may open; that one is closed when the call ends.
+        """
         if self._closed:
             return
-        # Cancelling a blocked read would leave its connection a reply behind (pitfall 18),
-        # but that connection is being thrown away with its pool here. Redis drops the
-        # claim pipelined behind a read whose client went away, so it leases nothing.
-        for read in list(self._reads):
-            read.cancel()
-        await asyncio.gather(*self._reads, return_exceptions=True)
+        await self._end_reads()
         # Sends, acks and give-backs already accepted are made before calls are refused.
         self.drop_stash(list(self._stash))
         while self._background:
@@ -981,8 +994,27 @@ class RedisStorage(StorageBackend):
         await self._sends.drain()
         await self._acks.drain()
         self._closed = True
+        # A read started meanwhile would reconnect once its pool is closed under it.
+        await self._end_reads()
+        # A call past its open check may still be connecting: a connection it opened after
+        # the pool was closed would stay open.
+        await self._calls.settle(_CLOSE_WAIT_S)
+        self._calls.shut = True
         await self._redis.aclose()
         await self._blocking.aclose()
+
+    async def _end_reads(self) -> None:
+        # Cancelling a blocked read would leave its connection a reply behind (pitfall 18),
+        # but that connection is being thrown away with its pool here. Redis drops the
+        # claim pipelined behind a read whose client went away, so it leases nothing.
+        for read in list(self._reads):
+            read.cancel()
+        await asyncio.gather(*self._reads, return_exceptions=True)
+
+    async def _close_late(self) -> None:
+        """Close what a call that outlasted `close` connected; the pools stay closed."""
+        await self._redis.connection_pool.disconnect()
+        await self._blocking.connection_pool.disconnect()
 
 
 def _info(row: list[Any]) -> TaskInfo:

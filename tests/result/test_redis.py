@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import multiprocessing
 import sys
 import time
 import traceback
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -333,3 +336,27 @@ async def test_redis_store_cancelled_before_its_call_stores_nothing(
         await storing
 
     assert await backend.get(task_id) is None
+
+
+@pytest.mark.redis
+async def test_redis_close_during_a_read_under_way_leaves_no_connection_open() -> None:
+    """A read under way when the backend closes must not open a connection that nobody
+    closes, or the garbage collector later warns about an unclosed socket."""
+    url = redis_url()
+
+    async def close_during_get(passes: int) -> None:
+        backend = RedisResultBackend(url, prefix=f"lqtest-{uuid.uuid4().hex[:12]}")
+        reading = asyncio.ensure_future(backend.get(new_id()))
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        await backend.close()
+        with contextlib.suppress(StorageUnavailable):
+            await reading
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        # Closed after each number of loop passes: so at every step of the read.
+        for passes in range(16):
+            await close_during_get(passes)
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -461,3 +463,28 @@ async def test_closing_a_watcher_gives_back_what_no_claim_took(
 
     await eventually(ready_again)
     assert [c.attempt for c in await producer_side.claim(10)] == [1]
+
+
+async def test_close_during_calls_under_way_leaves_no_connection_open(prefix: str) -> None:
+    """A call under way when the storage closes (a claim its cancelled consumer left
+    running, connecting or mid-reply) must not open a connection that nobody closes: a
+    stopping worker closes every connection, or the garbage collector later warns about
+    an unclosed socket in whatever code runs then."""
+
+    async def close_during_claim(passes: int) -> None:
+        assert REDIS_URL
+        storage = RedisStorage(REDIS_URL, queue_prefix=prefix)
+        claiming = asyncio.ensure_future(storage.claim(1))
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        await storage.close()
+        with contextlib.suppress(StorageUnavailable):
+            await claiming
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        # Closed after each number of loop passes: so at every step of the claim.
+        for passes in range(16):
+            await close_during_claim(passes)
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
