@@ -78,16 +78,25 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """The signals that stop a worker: the first gracefully, the second at once."""
 
 
-def ignore_late_signals() -> None:
-    """Ignore `STOP_SIGNALS` from now on; call it after removing the event loop's handlers.
+def ignore_late_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Remove `loop`'s handlers of `STOP_SIGNALS` and ignore those signals from now on.
 
     Removing a loop's handler restores the default action, so a signal that arrives while
     the stopped worker closes its storage and exits would kill it half-way (with status
     -SIGTERM, or a `KeyboardInterrupt` traceback) although it is stopping already. The
-    command restores the handlers it found once it returns.
+    signals stay blocked in this thread between the two steps, and one that arrives then is
+    discarded once ignored. The command restores the handlers it found once it returns.
     """
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    posix = hasattr(signal, "pthread_sigmask")
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if posix else set()
+    try:
+        for signum in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
+    finally:
+        if posix:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 _owns_process = False
@@ -210,9 +219,7 @@ class Supervisor:
         try:
             yield
         finally:
-            for signum in STOP_SIGNALS:
-                loop.remove_signal_handler(signum)
-            ignore_late_signals()
+            ignore_late_signals(loop)
 
     async def run(self) -> SupervisorOutcome:
         """Run until every worker process has exited after a stop; return how it ended.

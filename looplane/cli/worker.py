@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import traceback
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -252,7 +252,4 @@ class _Stopper:
         try:
             yield
         finally:
-            for signum in STOP_SIGNALS:
-                with suppress(NotImplementedError):
-                    loop.remove_signal_handler(signum)
-            ignore_late_signals()
+            ignore_late_signals(loop)
