@@ -9,13 +9,17 @@ the clock, so that connection set-up and script loading are not timed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from abc import abstractmethod
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from peers._support import WorkerProcess
+from peers._support import WorkerProcess, pickup_file, pickup_schedule, read_pickups
+from peers.base import System
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -121,3 +125,55 @@ def running_workers(
     finally:
         for worker in workers:
             worker.stop()
+
+
+class CliWorkerPeer(System):
+    """A peer with async sends whose workers run through its own command line.
+
+    Subclasses give the command line and the async steps; the drain and pickup workloads
+    are the same for all of them.
+    """
+
+    storage = "redis"
+    cross_process = True
+    keeps_backlog = True
+    worker_argv: ClassVar[Sequence[str]]
+
+    def drain(self, count: int, *, concurrency: int, processes: int, backlog: int = 0) -> float:
+        """Seconds from the first send of `count` tasks until every one is done."""
+        if backlog:
+            asyncio.run(self._load_backlog(backlog))
+        with self._workers(concurrency=concurrency, processes=processes):
+            return asyncio.run(self._drain(count))
+
+    def pickup(self, *, rate_per_s: float, duration_s: float) -> list[float]:
+        """Latencies in ms from send to start at a steady rate, worker in another process."""
+        path = pickup_file(self.workdir)
+        Path(path).unlink(missing_ok=True)
+        with self._workers(concurrency=PICKUP_CONCURRENCY, processes=1):
+            asyncio.run(self._pickup(path, rate_per_s, duration_s))
+        return read_pickups(path, len(pickup_schedule(rate_per_s, duration_s)))
+
+    def worker_env(self, concurrency: int) -> dict[str, str]:
+        """The ``BENCH_*`` variables the worker module reads."""
+        return {ENV_REDIS_URL: self.redis_url, ENV_QUEUE: QUEUE, ENV_CONCURRENCY: str(concurrency)}
+
+    @contextmanager
+    def _workers(self, *, concurrency: int, processes: int) -> Iterator[list[WorkerProcess]]:
+        env = self.worker_env(concurrency)
+        with running_workers(
+            self.worker_argv, copies=processes, ready_each=1, workdir=self.workdir, env=env
+        ) as workers:
+            yield workers
+
+    @abstractmethod
+    async def _drain(self, count: int) -> float:
+        """Send `count` tasks and wait until they are done; the seconds it took."""
+
+    @abstractmethod
+    async def _load_backlog(self, backlog: int) -> None:
+        """Top the backlog queue up to `backlog` waiting tasks."""
+
+    @abstractmethod
+    async def _pickup(self, path: str, rate_per_s: float, duration_s: float) -> None:
+        """Send at a steady rate; each task records its start in `path`."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from arq.connections import RedisSettings, create_pool
@@ -24,35 +23,26 @@ from arq.jobs import Job, JobStatus
 
 from peers._redis_peers import (
     BACKLOG_QUEUE,
-    ENV_CONCURRENCY,
-    ENV_QUEUE,
-    ENV_REDIS_URL,
-    PICKUP_CONCURRENCY,
     QUEUE,
     SEND_WINDOW,
     WARMUP_TASKS,
+    CliWorkerPeer,
     delete_keys,
     package_versions,
-    running_workers,
     send_concurrently,
     slow_drain_timeout_s,
 )
 from peers._support import (
-    pickup_file,
-    pickup_schedule,
     poll_until,
     python_argv,
-    read_pickups,
     send_steadily,
 )
-from peers.base import System
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
     from arq.connections import ArqRedis
 
-    from peers._support import WorkerProcess
+    from peers.base import System
+
 
 ARQ_DEFAULT_POLL_DELAY_S = 0.5
 WORKER_ARGV = python_argv(
@@ -60,14 +50,12 @@ WORKER_ARGV = python_argv(
 )
 
 
-class ArqRedisSystem(System):
+class ArqRedisSystem(CliWorkerPeer):
     """arq with its default settings: the worker polls the queue every 0.5 s."""
 
     name = "arq-redis"
     family = "arq"
-    storage = "redis"
-    cross_process = True
-    keeps_backlog = True
+    worker_argv = WORKER_ARGV
     poll_delay_s: ClassVar[float | None] = None
     """arq's ``poll_delay``; None leaves arq's default."""
 
@@ -89,34 +77,16 @@ class ArqRedisSystem(System):
             raise NotImplementedError("arq has no batch or pipeline send API")
         return asyncio.run(self._enqueue(count))
 
-    def drain(self, count: int, *, concurrency: int, processes: int, backlog: int = 0) -> float:
-        """Seconds from the first send of `count` jobs until the queue is empty."""
-        if backlog:
-            asyncio.run(self._load_backlog(backlog))
-        with self._workers(concurrency=concurrency, processes=processes):
-            return asyncio.run(self._drain(count))
-
-    def pickup(self, *, rate_per_s: float, duration_s: float) -> list[float]:
-        """Latencies in ms from send to start at a steady rate, worker in another process."""
-        path = pickup_file(self.workdir)
-        Path(path).unlink(missing_ok=True)
-        with self._workers(concurrency=PICKUP_CONCURRENCY, processes=1):
-            asyncio.run(self._pickup(path, rate_per_s, duration_s))
-        return read_pickups(path, len(pickup_schedule(rate_per_s, duration_s)))
-
     def cleanup(self) -> None:
         """Delete arq's keys and both queues."""
         delete_keys(self.redis_url, "arq:*", f"{QUEUE}*")
 
-    def _workers(
-        self, *, concurrency: int, processes: int
-    ) -> AbstractContextManager[list[WorkerProcess]]:
-        env = {ENV_REDIS_URL: self.redis_url, ENV_QUEUE: QUEUE, ENV_CONCURRENCY: str(concurrency)}
+    def worker_env(self, concurrency: int) -> dict[str, str]:
+        """The shared ``BENCH_*`` variables, plus the poll delay when one is set."""
+        env = super().worker_env(concurrency)
         if self.poll_delay_s is not None:
             env["BENCH_ARQ_POLL_DELAY_S"] = str(self.poll_delay_s)
-        return running_workers(
-            WORKER_ARGV, copies=processes, ready_each=1, workdir=self.workdir, env=env
-        )
+        return env
 
     async def _pool(self) -> ArqRedis:
         return await create_pool(RedisSettings.from_dsn(self.redis_url), default_queue_name=QUEUE)

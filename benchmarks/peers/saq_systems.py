@@ -15,54 +15,42 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saq import Queue, Status
 
 from peers._redis_peers import (
     BACKLOG_QUEUE,
-    ENV_CONCURRENCY,
-    ENV_QUEUE,
-    ENV_REDIS_URL,
-    PICKUP_CONCURRENCY,
     QUEUE,
     SEND_WINDOW,
     WARMUP_TASKS,
+    CliWorkerPeer,
     delete_keys,
     package_versions,
-    running_workers,
     send_concurrently,
     slow_drain_timeout_s,
 )
 from peers._support import (
-    pickup_file,
-    pickup_schedule,
     poll_until,
     python_argv,
-    read_pickups,
     send_steadily,
 )
-from peers.base import System
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
     from saq import Job
 
-    from peers._support import WorkerProcess
+    from peers.base import System
+
 
 WORKER_ARGV = python_argv("-m", "saq", "peers._saq_worker.settings")
 
 
-class SaqRedisSystem(System):
+class SaqRedisSystem(CliWorkerPeer):
     """SAQ's Redis queue with its default settings."""
 
     name = "saq-redis"
     family = "saq"
-    storage = "redis"
-    cross_process = True
-    keeps_backlog = True
+    worker_argv = WORKER_ARGV
 
     def info(self) -> dict[str, str]:
         """Versions and how tasks are sent and counted."""
@@ -80,32 +68,9 @@ class SaqRedisSystem(System):
             raise NotImplementedError("SAQ has no batch or pipeline send API")
         return asyncio.run(self._enqueue(count))
 
-    def drain(self, count: int, *, concurrency: int, processes: int, backlog: int = 0) -> float:
-        """Seconds from the first send of `count` jobs until none is incomplete."""
-        if backlog:
-            asyncio.run(self._load_backlog(backlog))
-        with self._workers(concurrency=concurrency, processes=processes):
-            return asyncio.run(self._drain(count))
-
-    def pickup(self, *, rate_per_s: float, duration_s: float) -> list[float]:
-        """Latencies in ms from send to start at a steady rate, worker in another process."""
-        path = pickup_file(self.workdir)
-        Path(path).unlink(missing_ok=True)
-        with self._workers(concurrency=PICKUP_CONCURRENCY, processes=1):
-            asyncio.run(self._pickup(path, rate_per_s, duration_s))
-        return read_pickups(path, len(pickup_schedule(rate_per_s, duration_s)))
-
     def cleanup(self) -> None:
         """Delete SAQ's keys (jobs, queues, statistics)."""
         delete_keys(self.redis_url, "saq:*")
-
-    def _workers(
-        self, *, concurrency: int, processes: int
-    ) -> AbstractContextManager[list[WorkerProcess]]:
-        env = {ENV_REDIS_URL: self.redis_url, ENV_QUEUE: QUEUE, ENV_CONCURRENCY: str(concurrency)}
-        return running_workers(
-            WORKER_ARGV, copies=processes, ready_each=1, workdir=self.workdir, env=env
-        )
 
     async def _queue(self) -> Queue:
         queue = Queue.from_url(self.redis_url, name=QUEUE)

@@ -16,39 +16,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streaq import Worker
 
 from peers._redis_peers import (
     BACKLOG_QUEUE,
-    ENV_CONCURRENCY,
-    ENV_QUEUE,
-    ENV_REDIS_URL,
-    PICKUP_CONCURRENCY,
     QUEUE,
     WARMUP_TASKS,
+    CliWorkerPeer,
     delete_keys,
     package_versions,
-    running_workers,
     slow_drain_timeout_s,
 )
 from peers._support import (
     chunks,
-    pickup_file,
-    pickup_schedule,
     poll_until,
     python_argv,
-    read_pickups,
     send_steadily,
 )
-from peers.base import System
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
-    from peers._support import WorkerProcess
+    from peers.base import System
 
 BATCH = 1000
 """Tasks per ``enqueue_many`` call (one Redis pipeline each)."""
@@ -56,14 +45,12 @@ BATCH = 1000
 WORKER_ARGV = python_argv("-m", "streaq", "run", "peers._streaq_worker:worker")
 
 
-class StreaqRedisSystem(System):
+class StreaqRedisSystem(CliWorkerPeer):
     """streaq's Redis streams queue with its default settings."""
 
     name = "streaq-redis"
     family = "streaq"
-    storage = "redis"
-    cross_process = True
-    keeps_backlog = True
+    worker_argv = WORKER_ARGV
 
     def info(self) -> dict[str, str]:
         """Versions and how tasks are sent and counted."""
@@ -79,32 +66,9 @@ class StreaqRedisSystem(System):
         """Send `count` no-op tasks, one at a time or `BATCH` per ``enqueue_many``."""
         return asyncio.run(self._enqueue(count, batched=batched))
 
-    def drain(self, count: int, *, concurrency: int, processes: int, backlog: int = 0) -> float:
-        """Seconds from the first send of `count` tasks until the queue is empty."""
-        if backlog:
-            asyncio.run(self._load_backlog(backlog))
-        with self._workers(concurrency=concurrency, processes=processes):
-            return asyncio.run(self._drain(count))
-
-    def pickup(self, *, rate_per_s: float, duration_s: float) -> list[float]:
-        """Latencies in ms from send to start at a steady rate, worker in another process."""
-        path = pickup_file(self.workdir)
-        Path(path).unlink(missing_ok=True)
-        with self._workers(concurrency=PICKUP_CONCURRENCY, processes=1):
-            asyncio.run(self._pickup(path, rate_per_s, duration_s))
-        return read_pickups(path, len(pickup_schedule(rate_per_s, duration_s)))
-
     def cleanup(self) -> None:
         """Delete streaq's keys (streams, tasks, results, its Lua library stays loaded)."""
         delete_keys(self.redis_url, "streaq:*")
-
-    def _workers(
-        self, *, concurrency: int, processes: int
-    ) -> AbstractContextManager[list[WorkerProcess]]:
-        env = {ENV_REDIS_URL: self.redis_url, ENV_QUEUE: QUEUE, ENV_CONCURRENCY: str(concurrency)}
-        return running_workers(
-            WORKER_ARGV, copies=processes, ready_each=1, workdir=self.workdir, env=env
-        )
 
     def _producer(self, queue_name: str = QUEUE) -> Worker[None]:
         return Worker(redis_url=self.redis_url, queue_name=queue_name)
