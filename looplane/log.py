@@ -7,6 +7,7 @@ fields in ``extra``, so log tools can filter by task without parsing text.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
     from looplane.task import Task
 
-__all__ = ["TaskLogAdapter", "task_log"]
+__all__ = ["TaskLogAdapter", "log_task_line", "task_log"]
 
 
 class TaskLogAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -43,3 +44,30 @@ def task_log(logger: logging.Logger, task: Task, **fields: Any) -> TaskLogAdapte
         **fields,
     }
     return TaskLogAdapter(logger, extra)
+
+
+def log_task_line(
+    logger: logging.Logger, level: int, task: Task, msg: str, *args: Any, **fields: Any
+) -> None:
+    """Log one line about `task`, as `task_log` would, at a fraction of the cost.
+
+    For the line every attempt logs: it builds the record directly, skipping the adapter
+    and the caller lookup (a walk up the stack), which together cost more than a no-op
+    task. The record names this module's caller by function only; its line number is 0.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    extra = {
+        "task_id": task.id,
+        "task_name": task.name,
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "queue": task.queue,
+        **fields,
+    }
+    prefix = f"task {task.id} {task.name} {task.attempt}/{task.max_attempts}: "
+    caller = sys._getframe(1).f_code
+    record = logger.makeRecord(
+        logger.name, level, caller.co_filename, 0, prefix + msg, args, None, caller.co_name, extra
+    )
+    logger.handle(record)

@@ -38,7 +38,7 @@ from looplane.errors import (
     TaskNotFound,
     TaskTimeout,
 )
-from looplane.log import task_log
+from looplane.log import log_task_line, task_log
 from looplane.result.base import ResultBackend, TaskResult
 from looplane.task import Task, TaskFunction, TaskRegistry, _enter_task, registry
 
@@ -60,6 +60,11 @@ _CANCEL_DEADLINE_S = 5.0
 _REQUEUE_DEADLINE_S = 5.0
 _MAX_RENEW_INTERVAL_S = 1.0
 _RECEIVE_WAIT_S = 1.0
+
+# The line each attempt ends with, by outcome.
+_SUCCESS_LINE = "attempt finished outcome=success duration_ms=%.1f"
+_RETRY_LINE = "attempt failed, retry scheduled outcome=retry duration_ms=%.1f delay_s=%.2f error=%s"
+_FAILED_LINE = "attempt failed, no retries left outcome=failed duration_ms=%.1f error=%s"
 
 Interruption = Literal["shutdown", "lease_lost"]
 
@@ -442,29 +447,16 @@ class Orchestrator:
                 extra={"outcome": outcome},
             )
             return
-        if outcome == "success" and not logger.isEnabledFor(logging.INFO):
-            return
-        fields = {"outcome": outcome, "duration_ms": round(duration_ms, 1)}
+        args: tuple[Any, ...]
         if outcome == "success":
-            attempt.log.info(
-                "attempt finished outcome=success duration_ms=%.1f", duration_ms, extra=fields
-            )
+            level, msg, args = logging.INFO, _SUCCESS_LINE, (duration_ms,)
         elif outcome == "retry":
-            attempt.log.warning(
-                "attempt failed, retry scheduled outcome=retry "
-                "duration_ms=%.1f delay_s=%.2f error=%s",
-                duration_ms,
-                delay_s,
-                error,
-                extra=fields,
-            )
+            level, msg, args = logging.WARNING, _RETRY_LINE, (duration_ms, delay_s, error)
         else:
-            attempt.log.error(
-                "attempt failed, no retries left outcome=failed duration_ms=%.1f error=%s",
-                duration_ms,
-                error,
-                extra=fields,
-            )
+            level, msg, args = logging.ERROR, _FAILED_LINE, (duration_ms, error)
+        log_task_line(
+            logger, level, task, msg, *args, outcome=outcome, duration_ms=round(duration_ms, 1)
+        )
 
     def _result(
         self,

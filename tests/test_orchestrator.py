@@ -838,3 +838,48 @@ async def test_orchestrator_logs_one_warning_per_storage_outage(
         "receive failed, retrying with backoff error=storage at example:6379 is unreachable",
         "receive works again after 3 failed tries",
     ]
+
+
+async def test_orchestrator_logs_each_attempt_with_its_task_fields(
+    rig: Rig, tasks: Register, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = {"n": 0}
+
+    @tasks
+    async def wobbly() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ValueError(f"wobble {calls['n']}")
+        return "steady"
+
+    @tasks
+    async def doomed() -> None:
+        raise KeyError("never")
+
+    caplog.set_level("INFO", logger="looplane.orchestrator")
+    good = await rig.producer.send(wobbly, retries=2, backoff="none")
+    bad = await rig.producer.send(doomed, retries=0)
+    await run_until(rig.orchestrator(1), asyncio.gather(rig.outcome(good), rig.outcome(bad)))
+
+    lines = [r for r in caplog.records if "attempt" in r.getMessage() and r.name.endswith("tor")]
+    # Each task's lines in attempt order; a retried task goes to the back of the queue.
+    seen = sorted(
+        ((r.task_id, r.attempt, r.levelname, r.outcome) for r in lines),  # type: ignore[attr-defined]
+        key=lambda line: (line[0] != good.id, line[1]),
+    )
+    assert seen == [
+        (good.id, 1, "WARNING", "retry"),
+        (good.id, 2, "WARNING", "retry"),
+        (good.id, 3, "INFO", "success"),
+        (bad.id, 1, "ERROR", "failed"),
+    ]
+    success = next(r for r in lines if r.outcome == "success")  # type: ignore[attr-defined]
+    first = next(r for r in lines if r.attempt == 1 and r.task_id == good.id)  # type: ignore[attr-defined]
+    failed = next(r for r in lines if r.task_id == bad.id)  # type: ignore[attr-defined]
+    assert success.getMessage().startswith(f"task {good.id} test.wobbly 3/3: attempt finished ")
+    assert success.task_name == "test.wobbly"  # type: ignore[attr-defined]
+    assert success.queue == "default"  # type: ignore[attr-defined]
+    assert isinstance(success.duration_ms, float)  # type: ignore[attr-defined]
+    assert success.funcName == "_answer"
+    assert "error=ValueError: wobble 1" in first.getMessage()
+    assert failed.getMessage().startswith(f"task {bad.id} test.doomed 1/1: attempt failed, no ")
