@@ -35,7 +35,11 @@ class TaskLogAdapter(logging.LoggerAdapter[logging.Logger]):
 
 def task_log(logger: logging.Logger, task: Task, **fields: Any) -> TaskLogAdapter:
     """A logger for lines about `task`; `fields` (such as ``consumer_id``) join its extra."""
-    extra = {
+    return TaskLogAdapter(logger, _task_fields(task, fields))
+
+
+def _task_fields(task: Task, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
         "task_id": task.id,
         "task_name": task.name,
         "attempt": task.attempt,
@@ -43,7 +47,6 @@ def task_log(logger: logging.Logger, task: Task, **fields: Any) -> TaskLogAdapte
         "queue": task.queue,
         **fields,
     }
-    return TaskLogAdapter(logger, extra)
 
 
 def log_task_line(
@@ -57,14 +60,7 @@ def log_task_line(
     """
     if not logger.isEnabledFor(level):
         return
-    extra = {
-        "task_id": task.id,
-        "task_name": task.name,
-        "attempt": task.attempt,
-        "max_attempts": task.max_attempts,
-        "queue": task.queue,
-        **fields,
-    }
+    extra = _task_fields(task, fields)
     prefix = f"task {task.id} {task.name} {task.attempt}/{task.max_attempts}: "
     caller = sys._getframe(1).f_code
     record = logger.makeRecord(

@@ -105,15 +105,7 @@ class Producer(ABC):
     ) -> Task:
         """Build the `Task` for one call, with send options over registered options."""
         known = self._options(func, args, kwargs, retries, timeout, backoff)
-        return Task(
-            id=new_task_id(),
-            name=known.name,
-            args=tuple(args),
-            kwargs=dict(kwargs),
-            max_retries=known.retries,
-            timeout=known.timeout,
-            backoff=known.backoff,
-        )
+        return known.task(new_task_id(), args, kwargs, datetime.now(UTC))
 
     def _create_tasks(
         self,
@@ -148,18 +140,7 @@ class Producer(ABC):
                     )
                 elif known.entry is not None:
                     known.entry.check_call(args, kwargs)
-                tasks.append(
-                    Task(
-                        id=ids[len(tasks)],
-                        name=known.name,
-                        args=tuple(args),
-                        kwargs=dict(kwargs),
-                        max_retries=known.retries,
-                        timeout=known.timeout,
-                        backoff=known.backoff,
-                        created_at=created_at,
-                    )
-                )
+                tasks.append(known.task(ids[len(tasks)], args, kwargs, created_at))
         except (SerializationError, InvalidArguments) as exc:
             if len(calls) == 1:
                 raise
@@ -213,6 +194,21 @@ class _Options(NamedTuple):
     retries: int
     timeout: float | None
     backoff: Backoff
+
+    def task(
+        self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any], created_at: datetime
+    ) -> Task:
+        """The task of one call with these options."""
+        return Task(
+            id=task_id,
+            name=self.name,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            max_retries=self.retries,
+            timeout=self.timeout,
+            backoff=self.backoff,
+            created_at=created_at,
+        )
 
 
 def _resolve(func: Callable[..., Any] | str) -> tuple[str, Any]:
