@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
     from looplane.task import Task
 
-__all__ = ["TaskLogAdapter", "log_task_line", "task_log"]
+__all__ = ["TaskLogAdapter", "log_task_line", "one_line", "task_log"]
+
+# Longest text `one_line` keeps: a log line stays readable; the result keeps the whole text.
+_ONE_LINE_MAX = 2000
 
 
 class TaskLogAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -67,3 +70,16 @@ def log_task_line(
         logger.name, level, caller.co_filename, 0, prefix + msg, args, None, caller.co_name, extra
     )
     logger.handle(record)
+
+
+def one_line(text: str, limit: int = _ONE_LINE_MAX) -> str:
+    """`text` fit for one log line: line breaks escaped, cut to `limit` characters.
+
+    For text that task code wrote (an exception's message), so that each attempt's line
+    stays one line for grep and log shippers, whatever the message holds.
+    """
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+    return text

@@ -38,7 +38,7 @@ from looplane.errors import (
     TaskNotFound,
     TaskTimeout,
 )
-from looplane.log import log_task_line, task_log
+from looplane.log import log_task_line, one_line, task_log
 from looplane.result.base import ResultBackend, TaskResult
 from looplane.task import Task, TaskFunction, TaskRegistry, _enter_task, registry
 
@@ -451,9 +451,10 @@ class Orchestrator:
         if outcome == "success":
             level, msg, args = logging.INFO, _SUCCESS_LINE, (duration_ms,)
         elif outcome == "retry":
-            level, msg, args = logging.WARNING, _RETRY_LINE, (duration_ms, delay_s, error)
+            level, msg = logging.WARNING, _RETRY_LINE
+            args = (duration_ms, delay_s, one_line(error or ""))
         else:
-            level, msg, args = logging.ERROR, _FAILED_LINE, (duration_ms, error)
+            level, msg, args = logging.ERROR, _FAILED_LINE, (duration_ms, one_line(error or ""))
         log_task_line(
             logger, level, task, msg, *args, outcome=outcome, duration_ms=round(duration_ms, 1)
         )

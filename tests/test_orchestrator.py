@@ -883,3 +883,24 @@ async def test_orchestrator_logs_each_attempt_with_its_task_fields(
     assert success.funcName == "_answer"
     assert "error=ValueError: wobble 1" in first.getMessage()
     assert failed.getMessage().startswith(f"task {bad.id} test.doomed 1/1: attempt failed, no ")
+
+
+async def test_attempt_line_stays_one_line_whatever_the_message_holds(
+    rig: Rig, tasks: Register, caplog: pytest.LogCaptureFixture
+) -> None:
+    @tasks
+    async def chatty() -> None:
+        raise RuntimeError("first line\nsecond line\r\nthird " + "x" * 5000)
+
+    caplog.set_level("INFO", logger="looplane.orchestrator")
+    task = await rig.producer.send(chatty, retries=0)
+    await run_until(rig.orchestrator(1), rig.outcome(task))
+
+    (line,) = [r.getMessage() for r in caplog.records if getattr(r, "task_id", None) == task.id]
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "error=RuntimeError: first line\\nsecond line\\r\\nthird xxx" in line
+    assert line.endswith(" more characters)")
+    # The result keeps the whole message.
+    result = await rig.outcome(task)
+    assert result.error == "RuntimeError: first line\nsecond line\r\nthird " + "x" * 5000

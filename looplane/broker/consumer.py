@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Self
 from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane.broker.serializer import JSONSerializer, Serializer
 from looplane.errors import BrokerError, LeaseLost, SerializationError
+from looplane.log import one_line
 from looplane.task import Task
 
 if TYPE_CHECKING:
@@ -337,7 +338,7 @@ class StorageConsumer(Consumer):
         logger.error(
             "task %s set aside: %s",
             claim.task_id,
-            reason,
+            one_line(reason),
             extra={"task_id": claim.task_id, "consumer_id": self.consumer_id},
         )
         await self.storage.bury(claim, reason=reason)
