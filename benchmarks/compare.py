@@ -13,6 +13,9 @@ Looplane's ratios to each peer, the goals of the issue) go to ``--out``.
 
 Redis: only databases 1-7 of ``--redis`` are used, each flushed before and after a call; the
 rest belong to users, tests and other jobs on this server, so a URL naming a database is refused.
+A run with a Redis system holds a lock on the server for its whole duration (``flock`` on a file
+in the system temp dir, named after the server's host and port): a second run on the same server
+would flush the first one's databases, so it exits 2 at once instead.
 
 Stopping: SIGTERM, SIGINT or SIGHUP to this script stops the call in progress (its child
 stops its workers), empties the Redis databases, removes the temporary work dir and writes
@@ -24,18 +27,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import importlib
 import json
+import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS_DIR))
@@ -51,6 +59,9 @@ from peers._support import (  # noqa: E402 - needs the path above
     url_db,
 )
 from peers.base import WORKLOADS, System  # noqa: E402 - needs the path above
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 KNOWN_SYSTEMS = {
     "looplane_systems": (
@@ -397,10 +408,70 @@ def redis_problem(base: str) -> str | None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        return f"Redis at {base} unreachable ({one_line(exc)})"
+        return f"Redis at {_redacted(base)} unreachable ({one_line(exc)})"
     finally:
         client.close()
     return None
+
+
+def _redacted(url: str) -> str:
+    """`url` with its password hidden, for messages (Looplane is imported only when needed)."""
+    from looplane.config import redact_url
+
+    return redact_url(url)
+
+
+def lock_path(base: str) -> Path:
+    """The lock file of the Redis server at `base`: one per host (as an address) and port."""
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme == "unix":
+        server = parts.path
+    else:
+        host = parts.hostname or "localhost"
+        # Limitation: a server reached under two addresses (loopback and a LAN address) gets
+        # two lock files, so two runs using one each still collide.
+        # Lifted by: naming the lock after the server's run_id, which needs a connection first.
+        with contextlib.suppress(OSError):
+            host = socket.gethostbyname(host)
+        server = f"{host}-{parts.port or 6379}"
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", server).strip("_")
+    return Path(tempfile.gettempdir()) / f"looplane-compare-redis-{name}.lock"
+
+
+@contextlib.contextmanager
+def redis_server_lock(
+    base: str, systems: list[type[System]], *, error: Callable[[str], NoReturn]
+) -> Iterator[None]:
+    """Hold the Redis server's lock while the run uses it; exit 2 if another run holds it.
+
+    Two runs on one server flush each other's databases 1-7 (a backlog a run keeps between
+    reps is wiped by the other's flush), so a second run is refused rather than made to
+    wait. ``flock`` locks end with their process, even on SIGKILL, so a dead run holds none.
+    Runs without a Redis system take no lock. `error` reports a refusal and exits.
+    """
+    if not any(s.storage == "redis" for s in systems):
+        yield
+        return
+    path = lock_path(base)
+    try:
+        file = path.open("a+")
+    except OSError as exc:
+        error(f"cannot open the lock file of {_redacted(base)}: {exc}")
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            error(
+                f"another compare.py run{pid} holds databases 1-7 of {_redacted(base)}"
+                f" (lock {path}); wait for it to end, or give another --redis server"
+            )
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        yield
 
 
 def assign_dbs(systems: list[type[System]]) -> dict[str, int]:
@@ -514,17 +585,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.child:
         return args
-    problem = redis_url_problem(args.redis)
+    problem = _option_problem(args)
     if problem:
         parser.error(problem)
-    if args.reps < 1:
-        parser.error("--reps must be at least 1")
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file: give a directory")
-    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
-        parser.error(f"--workdir {args.workdir} is a file: give a directory")
     args.error = parser.error
     return args
+
+
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options (but unknown names: see `choose`), or None."""
+    problem = redis_url_problem(args.redis)
+    if problem:
+        return problem
+    try:
+        _ = urllib.parse.urlsplit(args.redis).port  # reading it checks it
+    except ValueError as exc:
+        return f"--redis {_redacted(args.redis)}: {exc}"
+    if args.reps < 1:
+        return "--reps must be at least 1"
+    if args.systems is not None and not _names(args.systems):
+        return "no systems given: --systems needs at least one name (omit it for all)"
+    if args.workloads is not None and not _names(args.workloads):
+        return "no workloads given: --workloads needs at least one name (omit it for the default)"
+    for option, path in (("--out", args.out), ("--workdir", args.workdir)):
+        if path is not None and path.exists() and not path.is_dir():
+            return f"{option} {path} is a file: give a directory"
+    return None
 
 
 def _names(text: str) -> list[str]:
@@ -535,7 +621,7 @@ def _names(text: str) -> list[str]:
 def choose(args: argparse.Namespace) -> tuple[list[type[System]], dict[str, str], list[str]]:
     """The systems and workloads this run covers, and the reasons systems are out."""
     systems, skipped = discover()
-    if args.systems:
+    if args.systems is not None:
         wanted = _names(args.systems)
         valid = [s.name for s in systems] + list(skipped)
         unknown = [name for name in wanted if name not in valid]
@@ -546,7 +632,7 @@ def choose(args: argparse.Namespace) -> tuple[list[type[System]], dict[str, str]
     elif args.quick:
         systems = [s for s in systems if s.name in QUICK_SYSTEMS]
         skipped = {name: why for name, why in skipped.items() if name in QUICK_SYSTEMS}
-    if args.workloads:
+    if args.workloads is not None:
         workloads = _names(args.workloads)
         bad = [name for name in workloads if name not in WORKLOADS]
         if bad:
@@ -579,6 +665,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stop_on_signals()
     systems, skipped, workloads = choose(args)
+    with redis_server_lock(args.redis, systems, error=args.error):
+        return _run(args, systems, skipped, workloads)
+
+
+def _run(
+    args: argparse.Namespace,
+    systems: list[type[System]],
+    skipped: dict[str, str],
+    workloads: list[str],
+) -> int:
+    """Run the chosen measurements and write the report; the exit status of `main`."""
     systems, redis_up = check_redis(args, systems, skipped)
     for name, reason in skipped.items():
         print(f"{name}: skipped: {reason}")

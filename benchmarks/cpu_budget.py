@@ -14,6 +14,10 @@ Why: on a machine with few cores, the sum of those three per-task figures bounds
 worker processes can add. With ``S`` microseconds of CPU a task in all and ``K`` cores, no
 number of workers drains faster than ``K / S`` tasks per second; the ratio of that bound to
 one worker's rate is the most a second worker can add, whatever the queue does. Linux only.
+
+The Redis database of ``--url`` is emptied before and after each rep, so a run leaves no key
+behind. A bad option, or a Redis server that does not answer a ping, exits 2 with one line;
+a worker process that exits before its drain ends stops the run with its log's last lines.
 """
 
 from __future__ import annotations
@@ -29,16 +33,37 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from peers import _looplane_app as tasks
 
 from looplane import from_config
+from looplane.config import mask_url_in
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 BATCH = 1000
+WATCH_S = 0.2
+"""How often the worker process is checked while a drain runs."""
+START_TIMEOUT_S = 60.0
+"""Longest the worker processes may take to start."""
+LOG_TAIL_LINES = 15
+
+T = TypeVar("T")
+
+
+class WorkerExitError(RuntimeError):
+    """The worker process exited before its drain ended."""
+
+    def __init__(self, *, returncode: int, log_tail: str) -> None:
+        super().__init__(
+            f"the worker process exited with status {returncode} before its drain ended;"
+            f" the last lines of its log:\n{log_tail}"
+        )
 
 
 def cpu_s(pid: int) -> float:
@@ -73,10 +98,9 @@ def redis_server_pid(url: str) -> int | None:
 
 
 def one_drain(args: argparse.Namespace, processes: int, workdir: Path) -> dict[str, float]:
-    """Start the workers on emptied storage, measure one drain, stop them."""
+    """Start the workers on emptied storage, measure one drain, stop them, empty the storage."""
     overrides: dict[str, Any] = {"storage": args.storage}
-    argv = [sys.executable, "-m", "looplane.cli", "worker", "-A", "peers._looplane_app"]
-    argv += ["--storage", args.storage, "-c", str(args.concurrency), "-p", str(processes)]
+    argv = worker_argv(args, processes)
     path = [str(HERE), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
     server = None
@@ -86,19 +110,115 @@ def one_drain(args: argparse.Namespace, processes: int, workdir: Path) -> dict[s
         overrides["storage__path"] = str(db)
         argv += ["--db-path", str(db)]
     else:
-        client = redis.Redis.from_url(args.url)
-        client.flushdb()
-        client.close()
+        empty_redis(args.url)
         overrides["storage__url"] = args.url
         env["LOOPLANE_STORAGE__URL"] = args.url
         server = redis_server_pid(args.url)
-    with (workdir / "worker.log").open("w") as log:
+    try:
+        return run_worker(argv, env, workdir / "worker.log", args, overrides, processes, server)
+    finally:
+        # Results live a day: empty the database again, so that the run leaves nothing behind.
+        if args.storage == "redis":
+            empty_redis(args.url)
+
+
+def worker_argv(args: argparse.Namespace, processes: int) -> list[str]:
+    """The ``looplane worker`` command line, without the storage's location."""
+    argv = [sys.executable, "-m", "looplane.cli", "worker", "-A", "peers._looplane_app"]
+    return [*argv, "--storage", args.storage, "-c", str(args.concurrency), "-p", str(processes)]
+
+
+def run_worker(
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    args: argparse.Namespace,
+    overrides: dict[str, Any],
+    processes: int,
+    server: int | None,
+) -> dict[str, float]:
+    """Run the worker command while one drain is measured; stop it afterwards."""
+    with log_path.open("w") as log:
         worker = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            return asyncio.run(measure(args, overrides, worker.pid, processes, server))
+            drain = measure(args, overrides, worker.pid, processes, server)
+            return asyncio.run(watched(drain, worker, log_path))
         finally:
-            worker.terminate()
-            worker.wait(60)
+            stop(worker)
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker, then SIGKILL it if it has not exited within a minute."""
+    worker.terminate()
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+async def watched(
+    work: Coroutine[Any, Any, T], worker: subprocess.Popen[bytes], log_path: Path
+) -> T:
+    """Await `work`, but cancel it as soon as the worker process exits.
+
+    Raises:
+        WorkerExitError: The worker exited first; otherwise every wait for a result of its
+            would last until its timeout, or forever.
+    """
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=WATCH_S)
+        if not task.done() and worker.poll() is not None:
+            task.cancel()
+            await asyncio.wait({task})
+            raise WorkerExitError(returncode=worker.returncode, log_tail=tail(log_path))
+    return task.result()
+
+
+def tail(log_path: Path) -> str:
+    """The last lines of the worker's log, indented, or a note that it wrote none."""
+    lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return "\n".join(f"  {line}" for line in lines) or "  (the log is empty)"
+
+
+def empty_redis(url: str) -> None:
+    """Empty the Redis database of `url`."""
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def redis_problem(url: str) -> str | None:
+    """Why the Redis server of `url` cannot serve the run (it does not answer), or None."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    except ValueError as exc:
+        return mask_url_in(f"--url {url}: {exc}", url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        return mask_url_in(f"--url {url}: Redis does not answer ({lines[0]})", url)
+    finally:
+        client.close()
+    return None
+
+
+async def started_processes(worker: int, processes: int) -> list[int]:
+    """The worker's pids once all `processes` run (a supervisor starts them when above 1)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pids = process_tree(worker)
+    while processes > 1 and len(pids) < processes + 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{len(pids) - 1} of {processes} worker processes started in {START_TIMEOUT_S:g} s"
+            )
+        await asyncio.sleep(0.1)
+        pids = process_tree(worker)
+    return pids
 
 
 async def measure(
@@ -113,10 +233,7 @@ async def measure(
         # Ready once one task ran end to end and every worker process is up.
         warm = await app.producer.send(tasks.noop)
         await app.result_backend.wait(warm.id, timeout=60)
-        pids = process_tree(worker)
-        while processes > 1 and len(pids) < processes + 1:
-            await asyncio.sleep(0.1)
-            pids = process_tree(worker)
+        pids = await started_processes(worker, processes)
         before = {pid: cpu_s(pid) for pid in pids}
         server_before = cpu_s(server) if server else 0.0
         mine_before = own_cpu_s()
@@ -145,15 +262,40 @@ async def measure(
     }
 
 
-def main() -> None:
+def at_least_one(text: str) -> int:
+    """An integer option's value, which must be 1 or more (argparse reports the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; exits 2 with a message on a bad one or a Redis server that does not answer."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", choices=["lmdb", "redis"], default="lmdb")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--url", default="redis://127.0.0.1:6379/13", help="Redis, emptied")
-    args = parser.parse_args()
+    parser.add_argument("--processes", type=at_least_one, nargs="+", default=[1, 2])
+    parser.add_argument("--concurrency", type=at_least_one, default=20)
+    parser.add_argument("--tasks", type=at_least_one, default=20_000)
+    parser.add_argument("--reps", type=at_least_one, default=3)
+    parser.add_argument(
+        "--url",
+        default="redis://127.0.0.1:6379/13",
+        help="the Redis database, emptied before and after each rep (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    args.processes = list(dict.fromkeys(args.processes))
+    problem = redis_problem(args.url) if args.storage == "redis" else None
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     cores = os.cpu_count() or 1
     print(
         f"{args.storage}, {args.tasks:,} no-op tasks, concurrency {args.concurrency}, {cores} cores"
@@ -162,7 +304,10 @@ def main() -> None:
     rates: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="looplane-cpu-") as tmp:
         for processes in args.processes:
-            runs = [one_drain(args, processes, Path(tmp)) for _ in range(args.reps)]
+            try:
+                runs = [one_drain(args, processes, Path(tmp)) for _ in range(args.reps)]
+            except WorkerExitError as exc:
+                sys.exit(f"cpu_budget.py: {exc}")
             median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             parts = [median["workers_us"], median["producer_us"]]
             if median["server_us"] == median["server_us"]:  # not NaN: a local server

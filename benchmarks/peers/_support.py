@@ -22,6 +22,8 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from looplane.config import redact_url
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
@@ -41,12 +43,13 @@ _PR_SET_PDEATHSIG = 1
 def redis_url_problem(url: str) -> str | None:
     """Why `url` cannot be the benchmark's server address (it names a database), or None."""
     parts = urllib.parse.urlsplit(url)
+    shown = redact_url(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"--redis {url!r}: expected redis://host:port"
+        return f"--redis {shown!r}: expected redis://host:port"
     if parts.scheme != "unix" and parts.path.strip("/"):
-        return f"--redis {url!r} names database {parts.path.strip('/')!r}: give the server only"
+        return f"--redis {shown!r} names database {parts.path.strip('/')!r}: give the server only"
     if "db" in urllib.parse.parse_qs(parts.query):
-        return f"--redis {url!r} names a database (db=): give the server only"
+        return f"--redis {shown!r} names a database (db=): give the server only"
     return None
 
 
