@@ -5,64 +5,53 @@
 typer and rich are imported only in this package; the library itself speaks through logs and
 return values. Each command parses its options, loads the settings, calls the library and
 renders the outcome; exit statuses are named in `looplane.cli.exit_codes`.
+
+This module itself imports neither: they come with the ``cli`` extra, and the console script
+installed without it must say so in one line rather than end in a traceback. The typer app
+is `looplane.cli._app.app`, also reachable here as ``app``, imported on first use.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import TYPE_CHECKING
 
-import typer
+from looplane.cli.exit_codes import EXIT_CONFIG
 
-import looplane
-from looplane.cli.admin import purge, requeue
-from looplane.cli.config_cmd import config_app
-from looplane.cli.enqueue import enqueue
-from looplane.cli.inspect_cmd import inspect_app
-from looplane.cli.monitor import monitor
-from looplane.cli.supervisor import claim_process
-from looplane.cli.worker import worker
+if TYPE_CHECKING:
+    from looplane.cli._app import app
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="looplane",
-    help="Looplane: an async-first, local-first task queue.",
-    no_args_is_help=True,
-    # Local variables in a traceback could hold a password from a URL setting.
-    pretty_exceptions_show_locals=False,
-    rich_markup_mode="markdown",
-)
-app.command("worker", no_args_is_help=False)(worker)
-app.command("enqueue")(enqueue)
-app.command("monitor")(monitor)
-app.add_typer(config_app, name="config")
-app.add_typer(inspect_app, name="inspect")
-app.command("requeue")(requeue)
-app.command("purge")(purge)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"looplane {looplane.__version__}")
-        raise typer.Exit
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=_print_version,
-            is_eager=True,
-            help="Print the version and exit.",
-        ),
-    ] = False,
-) -> None:
-    """Looplane: an async-first, local-first task queue."""
+# The top-level modules of the packages the cli extra installs (pyproject.toml).
+_CLI_EXTRA_MODULES = frozenset({"typer", "rich", "tomli_w"})
 
 
 def main() -> None:
-    """Run the ``looplane`` command (the console script's entry point)."""
-    claim_process()
-    app(prog_name="looplane")
+    """Run the ``looplane`` command (the console script's entry point).
+
+    Without the ``cli`` extra, prints one line naming the missing package and the extra to
+    install, and exits with `EXIT_CONFIG`.
+    """
+    # Imported here, not at the top: this is the import that fails without the extra.
+    try:
+        from looplane.cli._app import run
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top not in _CLI_EXTRA_MODULES:
+            raise
+        sys.stderr.write(
+            f"error: the looplane command needs the cli extra ({top} is not installed): "
+            "pip install 'looplane[cli]'\n"
+        )
+        raise SystemExit(EXIT_CONFIG) from None
+    run()
+
+
+def __getattr__(name: str) -> object:
+    """Import the typer app on first use of ``looplane.cli.app``."""
+    if name == "app":
+        from looplane.cli._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ defaults live in the settings model alone, and ``--help`` shows them from there.
 from __future__ import annotations
 
 import traceback
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -20,12 +21,13 @@ from looplane.cli._output import stderr_console
 from looplane.cli.exit_codes import EXIT_CONFIG
 from looplane.config import StorageSettings, WorkerSettings, load_settings
 from looplane.errors import AppImportError, ConfigError
-from looplane.factory import import_app_modules
+from looplane.factory import build, import_app_modules
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from looplane.config import LoadedSettings
+    from looplane.factory import App
 
 __all__ = [
     "AppOption",
@@ -36,9 +38,12 @@ __all__ = [
     "SourceFlags",
     "StorageOption",
     "VerboseOption",
+    "build_app",
     "fail",
     "import_apps",
+    "is_missing",
     "load",
+    "parse_task_id",
     "warn",
 ]
 
@@ -105,6 +110,9 @@ DbPathOption = Annotated[
     typer.Option(
         "--db-path",
         metavar="PATH",
+        # Opening the store checks access and reports a refusal as every command does
+        # (`build_app`); Click's own check would show a usage error for the flag alone.
+        readable=False,
         help="LMDB directory of the queue, and of the results unless results.path is set "
         "(storage.path).",
         show_default=_default(StorageSettings, "path"),
@@ -168,6 +176,50 @@ def load(flags: SourceFlags) -> LoadedSettings:
         return load_settings(flags.config_file, overrides=overrides, override_names=names)
     except ConfigError as exc:
         fail(exc.problems)
+
+
+def build_app(loaded: LoadedSettings) -> App:
+    """Build and open everything the settings name, as every command that opens storage does.
+
+    Exits with `EXIT_CONFIG`, naming the setting, its value, where it came from and why, if a
+    backend cannot be imported or opened (an LMDB directory this user may not open, say).
+    """
+    try:
+        return build(loaded.settings, origins=loaded.origins)
+    except ConfigError as exc:
+        fail(exc.problems)
+
+
+def is_missing(path: Path) -> bool:
+    """Whether `path` is surely absent: it, or a directory on the way to it, does not exist.
+
+    A path this process cannot look at (permission denied, a name too long) does not count
+    as missing: opening it with `build_app` then reports why, as for every other command.
+    """
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def parse_task_id(text: str) -> str:
+    """The task id `text` names, as `looplane enqueue` prints it (32 lower-case hex digits).
+
+    Any form `uuid.UUID` reads is accepted. Exits with `EXIT_CONFIG` if `text` is not a UUID,
+    before any storage is opened: no task could have that id.
+    """
+    try:
+        return uuid.UUID(text.strip()).hex
+    except ValueError:
+        fail(
+            [
+                f"TASK_ID: task id {text!r} is not a UUID; task ids are the 32 hex digits "
+                "that `looplane enqueue` prints"
+            ]
+        )
 
 
 def import_apps(

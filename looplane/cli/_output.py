@@ -28,6 +28,9 @@ __all__ = ["configured_logging", "stderr_console", "stdout_console"]
 # Off a terminal, tables are drawn this wide at most rather than folded at 80 columns, so
 # that piped or logged output keeps one value per line (a table is only as wide as it needs).
 _PIPE_WIDTH = 240
+# Log times read the same on a terminal and off one: ISO order, not rich's default
+# ``%x %X``, which prints 12/04/26 and reads month first or day first depending on the reader.
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def stdout_console() -> Console:
@@ -53,9 +56,7 @@ def _plain_handler() -> logging.Handler:
     writing to a pipe or a journal would spend most of its time drawing log lines.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", "%Y-%m-%d %H:%M:%S")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", _TIME_FORMAT))
     return handler
 
 
@@ -72,6 +73,7 @@ def configured_logging(level: int) -> Iterator[None]:
         handler = RichHandler(
             console=console,
             show_path=False,
+            log_time_format=_TIME_FORMAT,
             markup=False,
             rich_tracebacks=True,
             tracebacks_show_locals=False,

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from looplane.cli._common import ConfigFileOption, DbPathOption, StorageOption, fail
+from looplane.cli._common import (
+    ConfigFileOption,
+    DbPathOption,
+    StorageOption,
+    fail,
+    parse_task_id,
+)
 from looplane.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
 from looplane.cli.inspect_cmd import AppOption, open_stores, run
 from looplane.storage.base import TaskState
@@ -92,20 +98,28 @@ def requeue(
     """Put dead-lettered tasks back in the queue with their attempts again; print how many.
 
     Give one TASK_ID, or --dead for all of them, or --failed for those whose retries ran
-    out. A TASK_ID that is not dead-lettered exits 1.
+    out. A TASK_ID that is not dead-lettered (or unknown) exits 1, as `inspect result` does
+    for a task without results; one that is not a UUID exits 2.
     """
     chosen = sum([task_id is not None, every_dead, failed])
     if chosen != 1:
         fail(["give exactly one of TASK_ID, --dead or --failed"], code=EXIT_CONFIG)
+    wanted = None if task_id is None else parse_task_id(task_id)
     stores = open_stores(
         "requeue", config_file=config_file, app=app, storage=storage, db_path=db_path
     )
-    if task_id is None:
+    if wanted is None:
         count = run(stores, lambda s: _requeue_all(s, failed_only=failed))
         typer.echo(f"requeued {_plural(count)}")
         return
-    if not run(stores, lambda s: s.storage.requeue_dead(task_id.strip())):
-        fail([f"task {task_id} is not dead-lettered; nothing requeued"], code=EXIT_FAILURE)
+    if not run(stores, lambda s: s.storage.requeue_dead(wanted)):
+        fail(
+            [
+                f"no dead-lettered task {wanted}: unknown, or not dead-lettered (waiting, "
+                "running or finished); nothing requeued"
+            ],
+            code=EXIT_FAILURE,
+        )
     typer.echo("requeued 1 task")
 
 

@@ -7,6 +7,7 @@ result's value follows as JSON on the next line. Everything else goes to stderr.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import logging
 import traceback
@@ -22,10 +23,10 @@ from looplane.cli._common import (
     SourceFlags,
     StorageOption,
     VerboseOption,
+    build_app,
     fail,
     import_apps,
     load,
-    warn,
 )
 from looplane.cli._output import configured_logging
 from looplane.cli.exit_codes import EXIT_FAILURE, EXIT_TIMEOUT
@@ -37,10 +38,11 @@ from looplane.errors import (
     SerializationError,
     TaskTimeout,
 )
-from looplane.factory import build
 from looplane.task import registry
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from looplane.config import Settings
     from looplane.factory import App
     from looplane.result.base import TaskResult
@@ -117,7 +119,8 @@ def enqueue(
 
     With --wait, also wait for its final result and print the value (as JSON), or the
     error; a failed task exits 1. Import the modules that register the task with -A to
-    apply its registered options; without them the task is sent by name.
+    apply its registered options (a name they do not register is refused, exit 2); without
+    them the task is sent by name.
     """
     args = _parse_args(args_json)
     kwargs = _parse_kwargs(kwargs_json)
@@ -127,14 +130,8 @@ def enqueue(
     with configured_logging(logging.DEBUG if verbose else logging.WARNING):
         loaded = load(flags)
         _check_storage(loaded.settings)
-        modules = import_apps(loaded.settings.app, verbose=verbose)
-        if modules and task not in registry:
-            names = ", ".join(entry.name for entry in registry) or "none"
-            warn(f"task {task!r} is not registered by the app modules (they register: {names})")
-        try:
-            built = build(loaded.settings, origins=loaded.origins)
-        except ConfigError as exc:
-            fail(exc.problems)
+        _check_registered(task, import_apps(loaded.settings.app, verbose=verbose))
+        built = build_app(loaded)
         send = _Send(task, args, kwargs, retries, timeout_s)
         wait_for = (DEFAULT_WAIT_TIMEOUT_S if wait_s is None else wait_s) if wait else None
         result = _run(built, send, wait_for, verbose=verbose)
@@ -198,6 +195,25 @@ def _check_storage(settings: Settings) -> None:
                 "can read; 'memory' lives inside one process (use lmdb, the default)"
             ]
         )
+
+
+def _check_registered(task: str, modules: Mapping[str, Sequence[str]]) -> None:
+    # With app modules loaded, this process knows every task function the worker would run
+    # (the worker loads the same ones), so a name they do not register would only be
+    # dead-lettered there. Without them the producer may not import the task functions at
+    # all, and any name is sent.
+    if not modules or task in registry:
+        return
+    known = sorted({name for names in modules.values() for name in names})
+    close = difflib.get_close_matches(task, known, n=1)
+    listed = ", ".join(known) or "none"
+    hint = f"did you mean {close[0]!r}?" if close else f"they register: {listed}."
+    fail(
+        [
+            f"TASK: no task function {task!r} is registered by the app modules "
+            f"({', '.join(modules)}); {hint} Nothing was sent."
+        ]
+    )
 
 
 def _run(app: App, send: _Send, wait_s: float | None, *, verbose: bool) -> TaskResult | None:

@@ -15,13 +15,14 @@ process or several."""
 
 EXIT_FAILURE = 1
 """The command ran but its work failed: a task waited for with ``--wait`` failed, the
-storage could not be reached, or the worker processes of ``worker --processes N`` kept
-crashing."""
+storage could not be reached, the worker processes of ``worker --processes N`` kept
+crashing, or the task id given to ``inspect result`` or ``requeue`` was not found there."""
 
 EXIT_CONFIG = 2
-"""Nothing ran: a flag, the config file, an environment variable, a JSON argument or an app
-module is wrong (also when it only fails in a worker process of ``--processes N``). The message
-names the problem; no traceback is shown."""
+"""Nothing ran: a flag, the config file, an environment variable, a JSON argument, an app
+module or a task id is wrong (also when it only fails in a worker process of ``--processes
+N``), the app modules do not register the task to send, the storage cannot be opened, or the
+``cli`` extra is missing. The message names the problem; no traceback is shown."""
 
 EXIT_TIMEOUT = 124
 """``enqueue --wait`` gave up before the task's final result arrived (the task stays queued).

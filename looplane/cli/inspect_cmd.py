@@ -31,13 +31,15 @@ from looplane.cli._common import (
     DbPathOption,
     SourceFlags,
     StorageOption,
+    build_app,
     fail,
+    is_missing,
     load,
+    parse_task_id,
 )
 from looplane.cli._output import configured_logging, stdout_console
 from looplane.cli.exit_codes import EXIT_FAILURE
 from looplane.errors import ConfigError, LooplaneError, SerializationError
-from looplane.factory import build_result_backend, build_serializer, build_storage
 from looplane.storage.base import TaskState
 
 if TYPE_CHECKING:
@@ -186,22 +188,16 @@ def open_stores(
     """Resolve the settings and open the backends, or exit with `EXIT_CONFIG`.
 
     A memory store is refused: it is only visible inside its own process. A missing LMDB
-    directory is refused too, rather than created empty by a command that only reads.
+    directory is refused too, rather than created empty by a command that only reads. A
+    store that cannot be opened exits as `build_app` does for every command.
     """
     flags = SourceFlags(config_file=config_file, app=app, storage=storage, db_path=db_path)
-    settings = load(flags).settings
-    _check_reachable(command, settings)
-    try:
-        opened = build_storage(settings)
-    except ConfigError as exc:
-        fail(exc.problems)
-    try:
-        results = build_result_backend(settings, opened)
-        serializer = build_serializer(settings)
-    except ConfigError as exc:
-        asyncio.run(opened.close())
-        fail(exc.problems)
-    return Stores(settings, opened, results, serializer)
+    loaded = load(flags)
+    _check_reachable(command, loaded.settings)
+    # Built as the worker builds it, so a store that cannot be opened is reported the same
+    # way by every command.
+    built = build_app(loaded)
+    return Stores(built.settings, built.storage, built.result_backend, built.serializer)
 
 
 def _check_reachable(command: str, settings: Settings) -> None:
@@ -215,14 +211,14 @@ def _check_reachable(command: str, settings: Settings) -> None:
             ]
         )
     path = Path(settings.storage.path)
-    if backend == "lmdb" and not (path / "data.mdb").is_file():
+    if backend == "lmdb" and is_missing(path / "data.mdb"):
         fail([f"storage.path: no LMDB store at {os.fspath(path)} (is it the worker's --db-path?)"])
 
 
 def run(stores: Stores, action: Callable[[Stores], Awaitable[T]]) -> T:
     """Run `action` on `stores` in an event loop and close them afterwards.
 
-    A `ConfigError` (a task id that is not one, say) exits with `EXIT_CONFIG`; any other
+    A `ConfigError` (a value a backend refuses) exits with `EXIT_CONFIG`; any other
     Looplane error, such as unreachable storage, with `EXIT_FAILURE`.
     """
 
@@ -613,15 +609,16 @@ def result(
     """Show every attempt of a task: outcome, value or error, times and duration.
 
     Exits 1 if the task has no result: it has not run yet, its id is unknown, or its
-    results expired (results.ttl).
+    results expired (results.ttl). A TASK_ID that is not a UUID exits 2.
     """
+    wanted = parse_task_id(task_id)
     stores = open_stores(
         "inspect result", config_file=config_file, app=app, storage=storage, db_path=db_path
     )
-    attempts = run(stores, lambda s: s.results.attempts(task_id.strip()))
+    attempts = run(stores, lambda s: s.results.attempts(wanted))
     if not attempts:
         fail(
-            [f"no result for task {task_id}: not run yet, unknown, or expired (results.ttl)"],
+            [f"no result for task {wanted}: not run yet, unknown, or expired (results.ttl)"],
             code=EXIT_FAILURE,
         )
     if as_json:

@@ -30,8 +30,10 @@ from looplane.cli._common import (
     DbPathOption,
     SourceFlags,
     StorageOption,
+    build_app,
     fail,
     import_apps,
+    is_missing,
     load,
 )
 from looplane.cli._output import stdout_console
@@ -40,8 +42,8 @@ from looplane.cli.monitor_data import MonitorSource, SnapshotReader
 from looplane.cli.monitor_keys import terminal_session
 from looplane.cli.monitor_paging import Key, Pager
 from looplane.cli.monitor_view import page_size_for, render_screen
-from looplane.errors import ConfigError, LooplaneError
-from looplane.factory import App, build
+from looplane.errors import LooplaneError
+from looplane.factory import App
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -91,10 +93,7 @@ def monitor(
         # Only modules named on the command line: the monitor needs no task function, and
         # the config's app list may not import from where the monitor runs.
         import_apps(app, verbose=verbose)
-    try:
-        built = build(loaded.settings, origins=loaded.origins)
-    except ConfigError as exc:
-        fail(exc.problems)
+    built = build_app(loaded)
     try:
         asyncio.run(_watch(built))
     except LooplaneError as exc:
@@ -118,7 +117,7 @@ def _check_storage(loaded: LoadedSettings) -> None:
         )
     # Opening LMDB creates the directory, so a mistyped path would show an empty queue
     # forever instead of an error.
-    if backend == "lmdb" and not section.path.exists():
+    if backend == "lmdb" and is_missing(section.path):
         origin = loaded.origins.get("storage.path", "default")
         fail(
             [

@@ -36,6 +36,7 @@ from looplane.cli._common import (
     SourceFlags,
     StorageOption,
     VerboseOption,
+    build_app,
     fail,
     import_apps,
     load,
@@ -52,14 +53,14 @@ from looplane.cli.supervisor import (
     ignore_late_signals,
     signals_restored,
 )
-from looplane.errors import ConfigError, LooplaneError
-from looplane.factory import App, build
+from looplane.errors import LooplaneError
 from looplane.task import registry
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator, Mapping, Sequence
 
     from looplane.config import LoadedSettings
+    from looplane.factory import App
 
 __all__ = ["worker"]
 
@@ -96,7 +97,7 @@ def worker(
     with signals_restored(), configured_logging(logging.DEBUG if verbose else logging.INFO):
         loaded = load(flags)
         modules = import_apps(loaded.settings.app, verbose=verbose, warn_empty=not child)
-        built = _build(loaded)
+        built = build_app(loaded)
         if not len(registry) and not child:
             warn(
                 "no task functions are registered: this worker will set aside every task it "
@@ -122,13 +123,6 @@ def _run(main: Coroutine[None, None, None], verbose: bool) -> None:
     except LooplaneError as exc:
         details = "".join(traceback.format_exception(exc)) if verbose else None
         fail([f"worker failed: {type(exc).__name__}: {exc}"], code=EXIT_FAILURE, details=details)
-
-
-def _build(loaded: LoadedSettings) -> App:
-    try:
-        return build(loaded.settings, origins=loaded.origins)
-    except ConfigError as exc:
-        fail(exc.problems)
 
 
 async def _serve(

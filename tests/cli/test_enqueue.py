@@ -105,15 +105,45 @@ def test_enqueue_prints_the_id_of_the_stored_task(runner: CliRunner, db: Path) -
     assert asyncio.run(_counts(db)) == (1, 0)
 
 
-def test_enqueue_warns_when_the_app_modules_do_not_register_the_task(
+def test_enqueue_refuses_a_task_the_app_modules_do_not_register(
     runner: CliRunner, db: Path
 ) -> None:
-    code, stdout, stderr = _enqueue(runner, db, "cli_tests.ad", "-A", APP_MODULE)
+    code, stdout, stderr = _enqueue(runner, db, "cli_tests.ad", "[1, 2]", "-A", APP_MODULE)
+
+    assert code == EXIT_CONFIG
+    assert stdout == []
+    assert stderr == (
+        f"error: TASK: no task function 'cli_tests.ad' is registered by the app modules "
+        f"({APP_MODULE}); did you mean 'cli_tests.add'? Nothing was sent.\n"
+    )
+    assert not db.exists()
+
+
+def test_enqueue_refuses_a_task_the_configured_app_modules_do_not_register(
+    runner: CliRunner, db: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        ["enqueue", "nosuchtask", "--db-path", str(db)],
+        env={"LOOPLANE_APP": f'["{APP_MODULE}"]'},
+    )
+
+    assert result.exit_code == EXIT_CONFIG
+    assert result.stderr.startswith(
+        f"error: TASK: no task function 'nosuchtask' is registered by the app modules "
+        f"({APP_MODULE}); they register: cli_tests.add, "
+    ), result.stderr
+    assert not db.exists()
+
+
+def test_enqueue_without_app_modules_sends_any_name(runner: CliRunner, db: Path) -> None:
+    """The producer need not import the task functions: only a worker runs them."""
+    code, stdout, stderr = _enqueue(runner, db, "elsewhere.task", "[1]")
 
     assert code == EXIT_OK, stderr
     assert TASK_ID.match(stdout[0])
-    assert "warning: task 'cli_tests.ad' is not registered by the app modules" in stderr
-    assert "cli_tests.add" in stderr
+    assert stderr == ""
+    assert asyncio.run(_counts(db)) == (1, 0)
 
 
 def test_enqueue_wait_timeout_exits_124_and_leaves_the_task_queued(

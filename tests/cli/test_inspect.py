@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from looplane import (
+    InMemoryStorage,
     JSONSerializer,
     LMDBResultBackend,
     LMDBStorage,
@@ -27,10 +31,13 @@ from looplane import (
 )
 from looplane.cli import app
 from looplane.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from looplane.errors import StorageUnavailable
 from looplane.storage import NewTask, QueueCounts
 from looplane.task import new_task_id, register_task
+from tests.cli._process import child_env, looplane_argv
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from typer.testing import CliRunner, Result
@@ -396,14 +403,49 @@ def test_requeue_dead_puts_every_dead_task_back(
     assert again.stdout == "requeued 0 tasks\n"
 
 
-def test_requeue_of_a_task_that_is_not_dead_exits_1(
-    runner: CliRunner, db: Path, filled: Filled
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param("ready", id="ready"),
+        pytest.param("succeeded", id="succeeded"),
+        pytest.param("never-sent", id="unknown"),
+    ],
+)
+def test_requeue_of_a_task_that_is_not_dead_exits_1_as_inspect_result_does(
+    runner: CliRunner, db: Path, filled: Filled, which: str
 ) -> None:
-    result = invoke(runner, db, "requeue", filled.ready)
+    task_id = {"ready": filled.ready, "succeeded": filled.succeeded[0]}.get(which, new_task_id())
+
+    result = invoke(runner, db, "requeue", task_id)
 
     assert result.exit_code == EXIT_FAILURE
-    assert f"error: task {filled.ready} is not dead-lettered; nothing requeued" in result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: no dead-lettered task {task_id}: "), result.stderr
+    assert result.stderr.rstrip().endswith("; nothing requeued"), result.stderr
     assert counts(db).dead == 2
+
+
+def test_requeue_of_a_malformed_id_exits_2_before_opening_the_store(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere"
+
+    result = invoke(runner, missing, "requeue", "nope")
+
+    assert result.exit_code == EXIT_CONFIG
+    assert result.stderr.startswith("error: TASK_ID: task id 'nope' is not a UUID"), result.stderr
+    assert "StorageError" not in result.stderr
+    assert not missing.exists()
+
+
+def test_requeue_accepts_a_task_id_in_any_uuid_form(
+    runner: CliRunner, db: Path, filled: Filled
+) -> None:
+    dashed = str(uuid.UUID(filled.unknown)).upper()
+
+    result = invoke(runner, db, "requeue", dashed)
+
+    assert (result.exit_code, result.stdout) == (EXIT_OK, "requeued 1 task\n")
 
 
 @pytest.mark.parametrize(
@@ -529,11 +571,66 @@ def test_requeue_pages_through_many_dead_tasks(
     assert result.stdout == "requeued 2 tasks\n"
 
 
-def test_storage_error_exits_1_naming_it(runner: CliRunner, db: Path, filled: Filled) -> None:
-    result = invoke(runner, db, "requeue", "not-an-id")
+class UnreachableStorage(InMemoryStorage):
+    """A store whose every count fails, as one whose server went away does."""
+
+    async def counts(self, *, queue: str = "default") -> QueueCounts:
+        raise StorageUnavailable("no answer from the test store", backend="test")
+
+
+def test_storage_error_exits_1_naming_it(runner: CliRunner) -> None:
+    storage = f"{__name__}:{UnreachableStorage.__name__}"
+
+    result = runner.invoke(app, ["inspect", "queue", "--storage", storage])
 
     assert result.exit_code == EXIT_FAILURE
-    assert "error: StorageError: task id 'not-an-id' is not a UUID" in result.stderr
+    assert result.stderr == "error: StorageUnavailable: no answer from the test store\n"
+
+
+UNOPENABLE = [
+    *COMMANDS,
+    pytest.param(["monitor"], id="monitor"),
+    pytest.param(["enqueue", ADD, "[1, 2]"], id="enqueue"),
+    pytest.param(["worker"], id="worker"),
+]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("name-too-long", id="name-too-long"),
+        pytest.param(
+            "no-permission",
+            id="no-permission",
+            marks=pytest.mark.skipif(
+                os.geteuid() == 0, reason="root reads a directory of mode 000 all the same"
+            ),
+        ),
+    ]
+)
+def unopenable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """An LMDB path this process cannot look into, even as root (a name over 255 bytes)."""
+    if request.param == "name-too-long":
+        yield tmp_path / ("x" * 300)
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    yield locked
+    locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("args", UNOPENABLE)
+def test_store_that_cannot_be_opened_exits_2_as_for_every_command(
+    runner: CliRunner, unopenable: Path, args: list[str]
+) -> None:
+    """Every command that opens storage reports it as the worker does: one line, exit 2."""
+    result = runner.invoke(app, [*args, "--db-path", str(unopenable)])
+
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert result.stderr.startswith("error: storage.path: cannot open LMDB there: "), result.stderr
+    assert "from flag --db-path" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -595,3 +692,63 @@ def test_inspect_tasks_shows_odd_arguments_and_undecodable_payloads(
     cells = table_rows(table.stdout)
     assert cells[garbage][0] == "?"
     assert cells[garbage][-1] == "<payload not decodable>"
+
+
+# Root passes every permission check; without these two capabilities it is refused as
+# another user would be.
+_WITHOUT_ROOT_ACCESS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def _as_another_user() -> list[str]:
+    """The command prefix that makes a store owned by someone else unreadable to us."""
+    if os.geteuid() != 0:
+        return []
+    probe = subprocess.run([*_WITHOUT_ROOT_ACCESS, "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("running as root, and setpriv cannot drop the capabilities here")
+    return _WITHOUT_ROOT_ACCESS
+
+
+@pytest.fixture
+def foreign_store(tmp_path: Path) -> Iterator[Path]:
+    """An LMDB store in a directory of mode 0700 that belongs to another user."""
+    store = tmp_path / "foreign"
+    asyncio.run(LMDBStorage(store).close())
+    if os.geteuid() == 0:
+        os.chown(store, 65534, 65534)
+        store.chmod(0o700)
+    else:
+        store.chmod(0)
+    yield store
+    store.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("args", "by_env"),
+    [
+        *(pytest.param(param.values[0], False, id=param.id) for param in COMMANDS),
+        pytest.param(["inspect", "queue"], True, id="inspect-queue-env"),
+    ],
+)
+def test_store_of_another_user_exits_2_in_one_line(
+    foreign_store: Path, args: list[str], by_env: bool
+) -> None:
+    """The case from the field: ``/tmp/looplane`` made by another user, mode 0700."""
+    prefix = _as_another_user()
+    where = [] if by_env else ["--db-path", str(foreign_store)]
+    env = child_env({"LOOPLANE_STORAGE__PATH": str(foreign_store)} if by_env else None)
+
+    done = subprocess.run(
+        [*prefix, *looplane_argv(), *args, *where],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=foreign_store.parent,
+        timeout=20,
+        check=False,
+    )
+
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.stderr.startswith("error: storage.path: cannot open LMDB there: "), done.stderr
+    assert "Permission denied" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr

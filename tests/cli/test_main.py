@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from looplane.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_TIM
 from tests.cli._process import child_env, looplane_argv
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from typer.testing import CliRunner
 
 
@@ -85,3 +88,37 @@ def test_command_runs_as_a_real_process(argv: list[str]) -> None:
 
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout == f"looplane {looplane.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        pytest.param("typer", id="typer"),
+        pytest.param("rich", id="rich"),
+        pytest.param("tomli_w", id="tomli-w"),
+    ],
+)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(looplane_argv(), id="script"),
+        pytest.param([sys.executable, "-m", "looplane.cli"], id="python-m"),
+    ],
+)
+def test_command_without_the_cli_extra_exits_2_naming_it(
+    tmp_path: Path, argv: list[str], missing: str
+) -> None:
+    # A None entry in sys.modules makes every import of the module fail as if it were not
+    # installed; sitecustomize sets it before the entry point runs.
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{missing!r}] = None\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+
+    done = subprocess.run([*argv, "--version"], capture_output=True, text=True, env=env, timeout=20)
+
+    assert done.returncode == EXIT_CONFIG
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"error: the looplane command needs the cli extra ({missing} is not installed): "
+        "pip install 'looplane[cli]'\n"
+    )
