@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from looplane.task import Task
 
-__all__ = ["TaskLogAdapter", "log_task_line", "one_line", "task_log"]
+__all__ = ["TaskLogAdapter", "log_task_line", "one_line", "printable", "task_log"]
 
 # Longest text `one_line` keeps: a log line stays readable; the result keeps the whole text.
 _ONE_LINE_MAX = 2000
@@ -73,13 +73,31 @@ def log_task_line(
 
 
 def one_line(text: str, limit: int = _ONE_LINE_MAX) -> str:
-    """`text` fit for one log line: line breaks escaped, cut to `limit` characters.
+    """`text` fit for one log line: control characters escaped, cut to `limit` characters.
 
     For text that task code wrote (an exception's message), so that each attempt's line
-    stays one line for grep and log shippers, whatever the message holds.
+    stays one line for grep and log shippers, and no escape sequence reaches a terminal,
+    whatever the message holds.
     """
-    if "\n" in text or "\r" in text:
-        text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if not text.isprintable():
+        text = text.translate(_ESCAPES)
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
     return text
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped except line breaks, for a terminal."""
+    return text if text.isprintable() else text.translate(_ESCAPES_BUT_NEWLINE)
+
+
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators, written as Python
+# writes them in a string literal.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+_ESCAPES_BUT_NEWLINE = {code: text for code, text in _ESCAPES.items() if code != 0x0A}

@@ -890,7 +890,7 @@ async def test_attempt_line_stays_one_line_whatever_the_message_holds(
 ) -> None:
     @tasks
     async def chatty() -> None:
-        raise RuntimeError("first line\nsecond line\r\nthird " + "x" * 5000)
+        raise RuntimeError("first line\nsecond line\r\nthird \x1b[31mred\t" + "x" * 5000)
 
     caplog.set_level("INFO", logger="looplane.orchestrator")
     task = await rig.producer.send(chatty, retries=0)
@@ -899,8 +899,10 @@ async def test_attempt_line_stays_one_line_whatever_the_message_holds(
     (line,) = [r.getMessage() for r in caplog.records if getattr(r, "task_id", None) == task.id]
     assert "\n" not in line
     assert "\r" not in line
-    assert "error=RuntimeError: first line\\nsecond line\\r\\nthird xxx" in line
+    assert "error=RuntimeError: first line\\nsecond line\\r\\nthird \\x1b[31mred\\txxx" in line
+    assert "\x1b" not in line
     assert line.endswith(" more characters)")
     # The result keeps the whole message.
     result = await rig.outcome(task)
-    assert result.error == "RuntimeError: first line\nsecond line\r\nthird " + "x" * 5000
+    message = "RuntimeError: first line\nsecond line\r\nthird \x1b[31mred\t" + "x" * 5000
+    assert result.error == message

@@ -38,6 +38,7 @@ from looplane.errors import (
     SerializationError,
     TaskTimeout,
 )
+from looplane.log import one_line
 from looplane.task import registry
 
 if TYPE_CHECKING:
@@ -248,8 +249,9 @@ def _report(result: TaskResult, *, verbose: bool) -> None:
         return
     where = f"attempt {result.attempt} of {result.max_retries + 1}"
     details = result.traceback if verbose else None
+    error = one_line(result.error or "")
     fail(
-        [f"task {result.task_id} {result.func_name} failed on {where}: {result.error}"],
+        [f"task {result.task_id} {result.func_name} failed on {where}: {error}"],
         code=EXIT_FAILURE,
         details=details,
     )

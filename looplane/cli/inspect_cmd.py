@@ -40,6 +40,7 @@ from looplane.cli._common import (
 from looplane.cli._output import configured_logging, stdout_console
 from looplane.cli.exit_codes import EXIT_FAILURE
 from looplane.errors import ConfigError, LooplaneError, SerializationError
+from looplane.log import printable
 from looplane.storage.base import TaskState
 
 if TYPE_CHECKING:
@@ -450,7 +451,7 @@ def print_table(table: Table, note: str) -> None:
 
 def cell(text: str, *, style: str = "") -> Text:
     """A one-line cell, cut with an ellipsis past `_CELL_WIDTH` characters."""
-    line = " ".join(text.split())
+    line = printable(" ".join(text.split()))
     if len(line) > _CELL_WIDTH:
         line = line[: _CELL_WIDTH - 1] + "…"
     return Text(line, style=style)
@@ -636,7 +637,8 @@ def result(
             local_time(found.started_at),
             local_time(found.finished_at),
             f"{found.duration:.3f}s",
-            _short(found.value) if found.success else (found.error or ""),
+            # Text, not str: rich would read brackets in task-written text as markup.
+            Text(printable(_short(found.value) if found.success else (found.error or ""))),
         )
     print_table(table, stores.where())
 
@@ -670,7 +672,7 @@ def dead(
             cell(row.name or "?"),
             f"{row.attempts}/{row.max_attempts}",
             local_time(row.finished_at),
-            row.reason or "",
+            Text(printable(row.reason or "")),
         )
     print_table(table, f"{stores.where()}; {len(rows)} shown, newest first")
 

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from looplane.cli.monitor_data import Status
+from looplane.log import printable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -213,7 +214,7 @@ def _short_value(value: Any) -> str:
 
 def _cut(text: str) -> str:
     """`text` on one line, at most `OUTCOME_CHARS` characters."""
-    line = " ".join(text.split())
+    line = printable(" ".join(text.split()))
     return line if len(line) <= OUTCOME_CHARS else line[: OUTCOME_CHARS - 1] + "…"
 
 

@@ -209,6 +209,24 @@ def test_enqueue_wait_on_a_failed_task_exits_1_with_its_error(runner: CliRunner,
 
 
 @pytest.mark.usefixtures("worker")
+def test_enqueue_wait_prints_a_failed_task_error_on_one_line(runner: CliRunner, db: Path) -> None:
+    code, _, stderr = _enqueue(
+        runner,
+        db,
+        "cli_tests.fail",
+        '"line one\\nline two \\u001b[31mred"',
+        "--retries",
+        "0",
+        "--wait",
+    )
+
+    assert code == EXIT_FAILURE
+    assert "ValueError: line one\\nline two \\x1b[31mred" in stderr
+    assert "\x1b" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+@pytest.mark.usefixtures("worker")
 def test_enqueue_wait_verbose_on_a_failed_task_shows_its_traceback(
     runner: CliRunner, db: Path
 ) -> None:

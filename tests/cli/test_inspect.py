@@ -312,6 +312,33 @@ def test_inspect_result_table_shows_the_outcome(
     assert re.search(r"^\s*1/4\s+ok\s+.*\s7\s*$", result.stdout, flags=re.MULTILINE), result.stdout
 
 
+async def _fail_with(db: Path, message: str) -> str:
+    async with LMDBStorage(db) as storage, LMDBResultBackend(db) as results:
+        task = await StorageProducer(storage).send(fail, message, retries=0)
+        orchestrator = Orchestrator(StorageConsumer(storage), results, 1)
+        await orchestrator.start()
+        await results.wait(task.id, timeout=20)
+        await orchestrator.stop()
+    return task.id
+
+
+@pytest.mark.parametrize("command", [("result",), ("tasks",), ("dead",)])
+def test_inspect_shows_task_text_as_text_not_markup_or_escapes(
+    runner: CliRunner, db: Path, command: tuple[str, ...]
+) -> None:
+    # Brackets once made rich read an error as markup (a stray closing tag crashed the
+    # table), and an escape sequence went to the terminal as is.
+    task_id = asyncio.run(_fail_with(db, "bad [/x] [bold]b[/bold] \x1b[31mred"))
+    args = (*command, task_id) if command == ("result",) else command
+
+    result = invoke(runner, db, "inspect", *args)
+
+    assert result.exit_code == EXIT_OK, result.output
+    assert "\x1b" not in result.stdout
+    if command != ("tasks",):  # its detail column is too narrow here for the whole text
+        assert "bad [/x] [bold]b[/bold] \\x1b[31mred" in result.stdout
+
+
 def test_inspect_result_of_a_task_without_results_exits_1(
     runner: CliRunner, db: Path, filled: Filled
 ) -> None:
