@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 BATCH = 1000
+DEFAULT_URL = "redis://127.0.0.1:6379/13"
+# More worker processes than this on a benchmark machine is a typo, not a measurement.
+MAX_PROCESSES = 64
 WATCH_S = 0.2
 """How often the worker process is checked while a drain runs."""
 START_TIMEOUT_S = 60.0
@@ -283,11 +286,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=at_least_one, default=3)
     parser.add_argument(
         "--url",
-        default="redis://127.0.0.1:6379/13",
-        help="the Redis database, emptied before and after each rep (default %(default)s)",
+        help=f"the Redis database, emptied before and after each rep (default {DEFAULT_URL}); "
+        "with --storage redis only",
     )
     args = parser.parse_args(argv)
     args.processes = list(dict.fromkeys(args.processes))
+    if max(args.processes) > MAX_PROCESSES:
+        parser.error(f"argument --processes: at most {MAX_PROCESSES}, got {max(args.processes)}")
+    if args.url is not None and args.storage != "redis":
+        parser.error("--url names a Redis database: give --storage redis with it")
+    if args.url is None:
+        args.url = DEFAULT_URL
     problem = redis_problem(args.url) if args.storage == "redis" else None
     if problem:
         parser.error(problem)

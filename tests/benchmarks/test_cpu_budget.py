@@ -18,6 +18,8 @@ from tests.benchmarks._scripts import BENCHMARKS, closed_port, error_line, run_p
         pytest.param(["--tasks", "0"], "argument --tasks: must be at least 1", id="tasks-0"),
         pytest.param(["--reps", "0"], "argument --reps: must be at least 1", id="reps-0"),
         pytest.param(["--tasks", "x"], "argument --tasks: expected an integer", id="tasks-x"),
+        pytest.param(["--processes", "99999"], "argument --processes: at most 64", id="p-huge"),
+        pytest.param(["--url", "redis://:pw@h:1/9"], "--url names a Redis database", id="url-lmdb"),
     ],
 )
 def test_cpu_budget_bad_option_exits_2_with_one_line(args: list[str], message: str) -> None:
