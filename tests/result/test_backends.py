@@ -670,6 +670,8 @@ async def _store_final_later(path: str, task_id: str, store_started: Synchronize
 
 
 @pytest.mark.slow
+# A spawned interpreter can take many seconds to start on a busy 2-core machine.
+@pytest.mark.timeout(60)
 async def test_wait_wakes_on_result_from_another_process(tmp_path: Path) -> None:
     """The parent wakes within a second of the child storing, long before any fallback look.
 

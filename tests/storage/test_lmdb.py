@@ -247,6 +247,8 @@ def reader_pids(readers: str) -> set[int]:
     return {int(row[0]) for row in rows if row and row[0].isdigit()}
 
 
+# Starts up to 30 interpreters: on a busy 2-core machine that alone can pass 30 s.
+@pytest.mark.timeout(120)
 async def test_pf22_stale_readers_cleared(tmp_path: Path) -> None:
     """Readers killed inside a read keep their slots until a reader check clears them; a
     storage opened afterwards clears them at once."""
@@ -270,6 +272,8 @@ async def test_pf22_stale_readers_cleared(tmp_path: Path) -> None:
         await keeper.wait()
 
 
+# Starts up to 30 interpreters: on a busy 2-core machine that alone can pass 30 s.
+@pytest.mark.timeout(120)
 async def test_pf22_full_reader_table_is_cleared_on_retry(tmp_path: Path) -> None:
     """When stale slots fill the whole table, a read clears them and tries again instead of
     failing with MDB_READERS_FULL."""
