@@ -864,7 +864,7 @@ async def test_orchestrator_logs_each_attempt_with_its_task_fields(
     lines = [r for r in caplog.records if "attempt" in r.getMessage() and r.name.endswith("tor")]
     # Each task's lines in attempt order; a retried task goes to the back of the queue.
     seen = sorted(
-        ((r.task_id, r.attempt, r.levelname, r.outcome) for r in lines),  # type: ignore[attr-defined]
+        ((vars(r)["task_id"], vars(r)["attempt"], r.levelname, vars(r)["outcome"]) for r in lines),
         key=lambda line: (line[0] != good.id, line[1]),
     )
     assert seen == [
@@ -873,9 +873,9 @@ async def test_orchestrator_logs_each_attempt_with_its_task_fields(
         (good.id, 3, "INFO", "success"),
         (bad.id, 1, "ERROR", "failed"),
     ]
-    success = next(r for r in lines if r.outcome == "success")  # type: ignore[attr-defined]
-    first = next(r for r in lines if r.attempt == 1 and r.task_id == good.id)  # type: ignore[attr-defined]
-    failed = next(r for r in lines if r.task_id == bad.id)  # type: ignore[attr-defined]
+    success = next(r for r in lines if vars(r)["outcome"] == "success")
+    first = next(r for r in lines if vars(r)["attempt"] == 1 and vars(r)["task_id"] == good.id)
+    failed = next(r for r in lines if vars(r)["task_id"] == bad.id)
     assert success.getMessage().startswith(f"task {good.id} test.wobbly 3/3: attempt finished ")
     assert success.task_name == "test.wobbly"  # type: ignore[attr-defined]
     assert success.queue == "default"  # type: ignore[attr-defined]
