@@ -364,6 +364,17 @@ def is_text(value: str) -> bool:
     return True
 
 
+def check_queue(queue: object) -> str:
+    """`queue` if it can name a queue: text that storage keys and logs can hold.
+
+    Raises:
+        ConfigError: `queue` is not a str, or holds a lone surrogate; the message shows it.
+    """
+    if not isinstance(queue, str) or not is_text(queue):
+        raise ConfigError(f"queue must be text without lone surrogates, got {queue!r}")
+    return queue
+
+
 def _check_limits(retries: object, timeout: object) -> None:
     # bool is an int subclass, but retries=True is a mistake, not one retry.
     if retries is not None and (

@@ -21,7 +21,7 @@ from looplane._clock import SYSTEM_CLOCK, Clock
 from looplane.broker.serializer import JSONSerializer, Serializer
 from looplane.errors import BrokerError, LeaseLost, SerializationError
 from looplane.log import one_line
-from looplane.task import Task
+from looplane.task import Task, check_queue
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -199,7 +199,7 @@ class StorageConsumer(Consumer):
     ) -> None:
         self.storage = storage
         self.serializer = serializer or JSONSerializer()
-        self.queue = queue
+        self.queue = check_queue(queue)
         self.clock = clock
         self.consumer_id = consumer_id or new_consumer_id()
         self._claims: dict[tuple[str, int], Claim] = {}

@@ -23,6 +23,7 @@ from looplane.task import (
     Task,
     TaskFunction,
     _check_limits,
+    check_queue,
     new_task_id,
     new_task_ids,
     registry,
@@ -270,7 +271,7 @@ class StorageProducer(Producer):
         self.backoff = Backoff.parse(backoff) if backoff is not None else Backoff()
         self.storage = storage
         self.serializer = serializer or JSONSerializer()
-        self.queue = queue
+        self.queue = check_queue(queue)
         self.max_payload_bytes = max_payload_bytes
         self._closed = False
 

@@ -282,6 +282,14 @@ def _task_text(task: Task) -> str:
     every task it sends.
     """
     text_of = _codec.text_of
+    ident, name, queue = task.id, task.name, task.queue
+    if not (
+        type(ident) is type(name) is type(queue) is str
+        and ident.isascii()
+        and name.isascii()
+        and queue.isascii()
+    ):
+        _check_text_fields(task)
     args, kwargs = task.args, task.kwargs
     if type(args) is tuple and not args:
         args_text = "[]"
@@ -296,6 +304,14 @@ def _task_text(task: Task) -> str:
         f',"name":{text_of(task.name, "name")},"args":{args_text},"kwargs":{kwargs_text}'
         f"{_options_text(task)}"
     )
+
+
+def _check_text_fields(task: Task) -> None:
+    # Decoding refuses a lone surrogate in these (`_text`): a task that could not be read back
+    # is refused at send time instead of being stored and set aside by the worker.
+    for field, value in (("id", task.id), ("name", task.name), ("queue", task.queue)):
+        if type(value) is str and not is_text(value):
+            raise SerializationError(f"task field {field!r} holds a lone surrogate, not text")
 
 
 # The fields after the arguments, as the last task wrote them, with the objects they were

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from looplane import _codec
+from looplane.broker import StorageConsumer, StorageProducer
 from looplane.broker.serializer import (
     FORMAT_VERSION,
     JSONSerializer,
@@ -19,6 +20,7 @@ from looplane.broker.serializer import (
     task_to_dict,
 )
 from looplane.errors import ConfigError, SerializationError
+from looplane.storage import InMemoryStorage
 from looplane.task import MAX_NAME_LENGTH, MAX_TIMEOUT_S, Backoff, BackoffKind, Task
 from tests.test_codec import assert_same, codec_values, offsets, texts
 
@@ -38,7 +40,8 @@ tasks = st.builds(
     max_retries=st.integers(min_value=0, max_value=1000),
     timeout=st.none() | st.floats(min_value=0.001, max_value=MAX_TIMEOUT_S),
     backoff=backoffs,
-    queue=texts,
+    # Text as storage keys hold it: a lone surrogate is refused (see the test below).
+    queue=st.text(),
     priority=st.integers(min_value=-(2**63), max_value=2**63),
     created_at=st.datetimes(timezones=offsets),
 )
@@ -78,6 +81,23 @@ def test_json_serializer_utf16_round_trips_task(task: Task) -> None:
 
     assert data.decode("utf-16").isascii()
     assert_same_task(serializer.deserialize(data), task)
+
+
+@pytest.mark.parametrize("field", ["id", "name", "queue"])
+def test_json_serializer_refuses_a_lone_surrogate_it_could_not_read_back(field: str) -> None:
+    task = dataclasses.replace(Task(id="t1", name="lp_test.ok"), **{field: "q\ud800"})
+
+    with pytest.raises(SerializationError, match=f"task field '{field}' holds a lone surrogate"):
+        JSONSerializer().serialize(task)
+
+
+def test_producer_and_consumer_refuse_a_queue_storage_cannot_hold() -> None:
+    storage = InMemoryStorage()
+
+    with pytest.raises(ConfigError, match="queue must be text without lone surrogates"):
+        StorageProducer(storage, queue="\ud800")
+    with pytest.raises(ConfigError, match="queue must be text without lone surrogates"):
+        StorageConsumer(storage, queue="\ud800")
 
 
 def test_json_serializer_round_trips_awkward_arguments() -> None:
