@@ -28,7 +28,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from peers import _looplane_app as tasks
+from peers._support import WorkerProcess, poll_until
 
 from looplane import from_config
 from looplane.config import mask_url_in
@@ -44,7 +44,6 @@ from looplane.config import mask_url_in
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 BATCH = 1000
 DEFAULT_URL = "redis://127.0.0.1:6379/13"
@@ -104,8 +103,7 @@ def one_drain(args: argparse.Namespace, processes: int, workdir: Path) -> dict[s
     """Start the workers on emptied storage, measure one drain, stop them, empty the storage."""
     overrides: dict[str, Any] = {"storage": args.storage}
     argv = worker_argv(args, processes)
-    path = [str(HERE), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env: dict[str, str] = {}
     server = None
     if args.storage == "lmdb":
         db = workdir / "db"
@@ -118,7 +116,12 @@ def one_drain(args: argparse.Namespace, processes: int, workdir: Path) -> dict[s
         env["LOOPLANE_STORAGE__URL"] = args.url
         server = redis_server_pid(args.url)
     try:
-        return run_worker(argv, env, workdir / "worker.log", args, overrides, processes, server)
+        worker = WorkerProcess(argv, workdir=str(workdir), log_name="worker.log", env=env)
+        try:
+            drain = measure(args, overrides, worker.proc.pid, processes, server)
+            return asyncio.run(watched(drain, worker))
+        finally:
+            worker.stop()
     finally:
         # Results live a day: empty the database again, so that the run leaves nothing behind.
         if args.storage == "redis":
@@ -131,38 +134,7 @@ def worker_argv(args: argparse.Namespace, processes: int) -> list[str]:
     return [*argv, "--storage", args.storage, "-c", str(args.concurrency), "-p", str(processes)]
 
 
-def run_worker(
-    argv: list[str],
-    env: dict[str, str],
-    log_path: Path,
-    args: argparse.Namespace,
-    overrides: dict[str, Any],
-    processes: int,
-    server: int | None,
-) -> dict[str, float]:
-    """Run the worker command while one drain is measured; stop it afterwards."""
-    with log_path.open("w") as log:
-        worker = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            drain = measure(args, overrides, worker.pid, processes, server)
-            return asyncio.run(watched(drain, worker, log_path))
-        finally:
-            stop(worker)
-
-
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the worker, then SIGKILL it if it has not exited within a minute."""
-    worker.terminate()
-    try:
-        worker.wait(60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
-async def watched(
-    work: Coroutine[Any, Any, T], worker: subprocess.Popen[bytes], log_path: Path
-) -> T:
+async def watched(work: Coroutine[Any, Any, T], worker: WorkerProcess) -> T:
     """Await `work`, but cancel it as soon as the worker process exits.
 
     Raises:
@@ -172,17 +144,13 @@ async def watched(
     task = asyncio.ensure_future(work)
     while not task.done():
         await asyncio.wait({task}, timeout=WATCH_S)
-        if not task.done() and worker.poll() is not None:
+        if not task.done() and worker.proc.poll() is not None:
             task.cancel()
             await asyncio.wait({task})
-            raise WorkerExitError(returncode=worker.returncode, log_tail=tail(log_path))
+            lines = worker.tail(LOG_TAIL_LINES).splitlines()
+            log_tail = "\n".join(f"  {line}" for line in lines) or "  (the log is empty)"
+            raise WorkerExitError(returncode=worker.proc.returncode, log_tail=log_tail)
     return task.result()
-
-
-def tail(log_path: Path) -> str:
-    """The last lines of the worker's log, indented, or a note that it wrote none."""
-    lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    return "\n".join(f"  {line}" for line in lines) or "  (the log is empty)"
 
 
 def empty_redis(url: str) -> None:
@@ -247,11 +215,12 @@ async def measure(
             last = (await app.producer.send_batch([(tasks.noop, (), {})] * size))[-1]
         assert last is not None
         await app.result_backend.wait(last.id, timeout=300)
-        while True:
+
+        async def empty() -> bool:
             counts = await app.storage.counts()
-            if counts.ready == 0 and counts.leased == 0:
-                break
-            await asyncio.sleep(0.01)
+            return counts.ready == 0 and counts.leased == 0
+
+        await poll_until(empty, timeout_s=300, interval_s=0.01)
         wall = time.perf_counter() - start
         workers = sum(cpu_s(pid) - before[pid] for pid in pids)
         server_cpu = cpu_s(server) - server_before if server else float("nan")
